@@ -40,6 +40,7 @@ HPSC2_MAIN = f"{HPSC2_DIR}/hetdex_sc2_v{HPSC2_VERSION}.fits"
 HPSC2_SPEC = f"{HPSC2_DIR}/hetdex_sc2_spec_v{HPSC2_VERSION}.fits"
 HPSC2_DETINFO = f"{HPSC2_DIR}/hetdex_sc2_detinfo_v{HPSC2_VERSION}.fits"
 SPECTRA_CHUNK = 8192
+DETINFO_CHUNK = 100_000
 BAD_FLOAT = -999.0
 BAD_STRING = b"n/a"
 #: Per-spaxel noise of a cube relative to a 3.5" aperture spectrum: sqrt(sum of w^2) for r = 7 pix.
@@ -222,14 +223,16 @@ def write_ifu_index_file(mock: Mock, out: Path) -> None:
 
 
 def _source_names(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
-    """IAU-style names: HETDEX Jhhmmss.ss+ddmmss.s (truncated, as the release writes them)."""
-    from astropy.coordinates import SkyCoord
-    import astropy.units as u
-
-    c = SkyCoord(ra * u.deg, dec * u.deg)
-    hms = c.ra.to_string(unit=u.hourangle, sep="", precision=2, pad=True)
-    dms = c.dec.to_string(sep="", precision=1, alwayssign=True, pad=True)
-    return np.char.add(np.char.add("HETDEX J", np.asarray(hms)), np.asarray(dms)).astype("S26")
+    """IAU-style names: HETDEX Jhhmmss.ss+ddmmss.s (rounded in integer units, so no 60.00 s)."""
+    cs = np.rint(np.asarray(ra, dtype=np.float64) / 15.0 * 3600.0 * 100.0).astype(np.int64) % (24 * 360000)
+    ds = np.rint(np.abs(np.asarray(dec, dtype=np.float64)) * 36000.0).astype(np.int64)
+    sign = np.where(np.asarray(dec) < 0, "-", "+")
+    names = [
+        f"HETDEX J{c // 360000:02d}{c // 6000 % 60:02d}{c // 100 % 60:02d}.{c % 100:02d}"
+        f"{g}{d // 36000:02d}{d // 600 % 60:02d}{d // 10 % 60:02d}.{d % 10:d}"
+        for c, d, g in zip(cs.tolist(), ds.tolist(), sign.tolist())
+    ]
+    return np.array(names, dtype="S26")
 
 
 def _luminosity_distance_cm(z: np.ndarray) -> np.ndarray:
@@ -241,27 +244,26 @@ def _luminosity_distance_cm(z: np.ndarray) -> np.ndarray:
     return np.interp(z, grid, np.concatenate([[0.0], dl]))
 
 
-def catalog_rows(mock: Mock) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """HPSC2 rows (z descending), their selected detections' truth, and the detinfo rows."""
+def catalog_rows(mock: Mock) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HPSC2 rows, one per observation in observation order, with their selected detections."""
     sky, shots, ifus = mock.sky, mock.survey.shots, mock.survey.ifus
-    all_core, all_truth = source_detections(mock, np.arange(len(sky.srcdets)))
     det = sky.srcdets
     sel = np.flatnonzero(det["selected"])
     assert np.array_equal(np.sort(det["obs"][sel]), np.arange(len(sky.observations))), "one selected detection per row"
     sel = sel[np.argsort(det["obs"][sel])]
+    core, truth = source_detections(mock, sel)
     obs = sky.observations
     obj = sky.objects[obs["object"]]
-    core = all_core[sel]
     n = len(obs)
     members = np.bincount(det["obs"], minlength=n)
     otype = obj["otype"]
+    is_line = core["det_type"] == b"line"
     dust = S.dust_correction_at(obj["av"], core["wave"])
-    flux = np.where(core["det_type"] == b"line", core["flux"] * dust, BAD_FLOAT)
-    flux_err = np.where(core["det_type"] == b"line", core["flux_err"] * dust, BAD_FLOAT)
+    flux = np.where(is_line, core["flux"] * dust, BAD_FLOAT)
+    flux_err = np.where(is_line, core["flux_err"] * dust, BAD_FLOAT)
     is_lya = np.isin(otype, (S.LAE, S.AGN)) & (obj["z"] > 1.5)
     is_oii = otype == S.OII
-    dl = _luminosity_distance_cm(obj["z"])
-    lum = 4 * np.pi * dl**2 * 1e-17
+    lum = 4 * np.pi * _luminosity_distance_cm(obj["z"]) ** 2 * 1e-17
 
     rows = np.zeros(n, dtype=HPSC2_DTYPE)
     rows["source_name"] = _source_names(obs["ra"], obs["dec"])
@@ -272,7 +274,7 @@ def catalog_rows(mock: Mock) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     rows["gmag"] = np.where(gmag > 26.5, np.nan, gmag)  # too faint to measure: NaN, as v1.4+ writes
     rows["Av"] = obj["av"]
     rows["z_hetdex"] = obj["z"]
-    rows["z_hetdex_src"] = np.where(core["det_type"] == b"cont", b"diagnose", b"elixer")
+    rows["z_hetdex_src"] = np.where(is_line, b"elixer", b"diagnose")
     rows["z_hetdex_conf"] = np.where(otype == S.STAR, 0.99, 0.6 + 0.39 * (obs["source_id"] % 97) / 96)
     rows["source_type"] = np.array([t.encode() for t in S.TYPES])[otype]
     rows["n_members"] = members
@@ -293,26 +295,24 @@ def catalog_rows(mock: Mock) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     rows["flux_lya"], rows["flux_lya_err"] = np.where(is_lya, flux, BAD_FLOAT), np.where(is_lya, flux_err, BAD_FLOAT)
     rows["flux_oii"], rows["flux_oii_err"] = np.where(is_oii, flux, BAD_FLOAT), np.where(is_oii, flux_err, BAD_FLOAT)
     # Continuum sources have no line S/N: -999 in most rows, NaN in some (both occur in releases).
-    rows["sn"] = np.where(core["det_type"] == b"cont", np.where(obs["source_id"] % 5 == 0, np.nan, BAD_FLOAT), core["sn"])
+    rows["sn"] = np.where(is_line, core["sn"], np.where(obs["source_id"] % 5 == 0, np.nan, BAD_FLOAT))
     rows["apcor"] = core["apcor"]
-    u = S.hashed_normal(mock.seed + 2, obs["source_id"], 2)
-    conf = 1 / (1 + np.exp(-(1.2 + u)))
-    line_source = core["det_type"] == b"line"
-    rows["p_conf"] = np.where(line_source, conf[:, 0], BAD_FLOAT)
-    rows["p_cnn"] = np.where(line_source, conf[:, 1], BAD_FLOAT)
+    conf = 1 / (1 + np.exp(-(1.2 + S.hashed_normal(mock.seed + 2, obs["source_id"], 2))))
+    rows["p_conf"] = np.where(is_line, conf[:, 0], BAD_FLOAT)
+    rows["p_cnn"] = np.where(is_line, conf[:, 1], BAD_FLOAT)
     rows["ifuslot"] = ifus["ifuslot"][obs["ifu_index"]]
-
-    order = np.argsort(-rows["z_hetdex"].astype(np.float64), kind="stable")
-    detinfo = _detinfo_rows(mock, all_core, rows, obs, obj)
-    return rows[order], all_truth[sel][order], core[order], detinfo
+    return rows, core, truth
 
 
-def _detinfo_rows(mock: Mock, core: np.ndarray, hpsc2: np.ndarray, obs: np.ndarray, obj: np.ndarray) -> np.ndarray:
-    det = mock.sky.srcdets
-    src = hpsc2[det["obs"]]
-    o = obj[det["obs"]]
+def detinfo_rows(mock: Mock, hpsc2_by_obs: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """detinfo rows of the catalog-source detections ``srcdets[idx]``."""
+    det = mock.sky.srcdets[idx]
+    core, _ = source_detections(mock, idx)
+    obs = mock.sky.observations[det["obs"]]
+    src = hpsc2_by_obs[det["obs"]]
+    o = mock.sky.objects[obs["object"]]
     fibre = detection_fiber(core)
-    shots = mock.survey.shots[obs["shot_index"][det["obs"]]]
+    shots = mock.survey.shots[obs["shot_index"]]
     dust = S.dust_correction_at(o["av"], core["wave"])
     is_line = core["det_type"] == b"line"
     d = np.zeros(len(det), dtype=DETINFO_DTYPE)
@@ -375,10 +375,15 @@ def _line_ids(det: np.ndarray, obj: np.ndarray) -> np.ndarray:
 
 
 def write_hpsc2_files(mock: Mock, out: Path) -> None:
-    rows, truth, core, detinfo = catalog_rows(mock)
+    by_obs, core, truth = catalog_rows(mock)
+    # Catalog order: z_hetdex descending, identically in the main table and the spec file.
+    order = np.argsort(-by_obs["z_hetdex"].astype(np.float64), kind="stable")
+    rows, core, truth = by_obs[order], core[order], truth[order]
     (out / HPSC2_DIR).mkdir(parents=True, exist_ok=True)
     write_hpsc2_main(out / HPSC2_MAIN, rows)
-    write_detinfo(out / HPSC2_DETINFO, detinfo)
+    n_det = len(mock.sky.srcdets)
+    blocks = (detinfo_rows(mock, by_obs, np.arange(a, min(a + DETINFO_CHUNK, n_det))) for a in range(0, n_det, DETINFO_CHUNK))
+    write_detinfo(out / HPSC2_DETINFO, blocks, nrows=n_det)
     with Hpsc2SpecWriter(out / HPSC2_SPEC, len(rows)) as writer:
         writer.write_info(rows)
         for start in range(0, len(rows), SPECTRA_CHUNK):

@@ -185,6 +185,11 @@ def make_sky(survey: Survey, scale: Scale, seed: int) -> Sky:
     for k in np.flatnonzero(is_example):
         ex = next(e for e in EXAMPLES if e.key == example[k].decode())
         otype[k] = S.TYPES.index(ex.otype)
+    # Every scale shows every HPSC2 type, however few objects it has.
+    free = np.flatnonzero(~is_example)
+    for code in range(len(S.TYPES)):
+        if not (otype == code).any() and len(free) > code:
+            otype[free[code]] = code
     _object_params(rng, otype, objects)
     for k in np.flatnonzero(is_example):
         ex = next(e for e in EXAMPLES if e.key == example[k].decode())
