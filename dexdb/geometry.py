@@ -23,15 +23,31 @@ def frame_to_radec(ra0, dec0, pa, dx_arcsec, dy_arcsec):
     """Sky position of offsets (dx, dy) in arcsec along a cube's pixel axes around (ra0, dec0).
 
     The offsets are gnomonic (TAN) intermediate coordinates: x runs along +pixel x
-    (CDELT1 < 0, so towards decreasing RA when rho = 0), y along +pixel y.
+    (CDELT1 < 0, so towards decreasing RA when rho = 0), y along +pixel y. All arguments
+    broadcast, so many frames (one per row of ra0/dec0/pa) convert at once.
     """
     dx = np.asarray(dx_arcsec, dtype=np.float64) / 3600.0
     dy = np.asarray(dy_arcsec, dtype=np.float64) / 3600.0
-    pc = pc_matrix(pa)
+    rho = np.deg2rad(cube_rotation_deg(np.asarray(pa, dtype=np.float64)))
+    c, s = np.cos(rho), np.sin(rho)
     # intermediate world coordinates (deg): diag(CDELT) . PC . pixel offset, CDELT1 = -CDELT2
-    xi = -(pc[0, 0] * dx + pc[0, 1] * dy)
-    eta = pc[1, 0] * dx + pc[1, 1] * dy
+    xi = -(c * dx + s * dy)
+    eta = -s * dx + c * dy
     return tan_deproject(ra0, dec0, np.deg2rad(xi), np.deg2rad(eta))
+
+
+#: Half the side of a cube's 104 x 104 grid of 0.5" spaxels, to the outer pixel edges (arcsec).
+CUBE_HALF_SIDE_ARCSEC = 26.0
+
+
+def cube_footprint(ra_cen, dec_cen, pa) -> np.ndarray:
+    """Outer corners (n, 4, 2) RA/Dec of cube grids, at pixel edges (x, y) = (-0.5, -0.5),
+    (103.5, -0.5), (103.5, 103.5), (-0.5, 103.5): the boundary a position must fall inside."""
+    h = CUBE_HALF_SIDE_ARCSEC
+    dx, dy = np.array([-h, h, h, -h]), np.array([-h, -h, h, h])
+    col = lambda v: np.asarray(v, dtype=np.float64).reshape(-1, 1)  # noqa: E731
+    ra, dec = frame_to_radec(col(ra_cen), col(dec_cen), col(pa), dx, dy)
+    return np.stack([ra, dec], axis=-1)
 
 
 def radec_to_frame(ra0, dec0, pa, ra, dec):

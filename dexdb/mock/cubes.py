@@ -16,7 +16,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from dexdb.constants import MASK_BITS, N_WAVE, SYSTEM_ROTATION, WAVE, WAVE_START, WAVE_STEP
+from dexdb.constants import MASK_BITS, N_WAVE, WAVE, WAVE_START, WAVE_STEP
+from dexdb.geometry import cube_footprint, cube_rotation_deg
 
 N_PIX = 104
 CUBE_SHAPE = (N_WAVE, N_PIX, N_PIX)
@@ -118,10 +119,6 @@ def _nearest_covered() -> tuple[np.ndarray, np.ndarray]:
     return uncovered, covered[np.argmin(distance2, axis=1)]
 
 
-def _rotation_deg(pa: float) -> float:
-    return 360.0 - (90.0 + pa + SYSTEM_ROTATION)
-
-
 def cube_wcs_header(ra_cen: float, dec_cen: float, pa: float) -> fits.Header:
     """WCS cards of the release DATA header, in release order (section 5.2).
 
@@ -136,7 +133,7 @@ def cube_wcs_header(ra_cen: float, dec_cen: float, pa: float) -> fits.Header:
     wcs.wcs.cunit = ["deg", "deg", "Angstrom"]
     wcs.wcs.ctype = ["RA---TAN", "DEC--TAN", "WAVE"]
     wcs.wcs.crval = [float(ra_cen), float(dec_cen), WAVE_START]
-    wcs.wcs.crota = [0.0, _rotation_deg(float(pa)), 0.0]
+    wcs.wcs.crota = [0.0, cube_rotation_deg(float(pa)), 0.0]
     emitted = wcs.to_header()
 
     forced = {
@@ -189,15 +186,9 @@ def cube_header(shot: dict, ra_cen: float, dec_cen: float, extname: str) -> fits
 
 
 def footprint_corners(ra_cen: float, dec_cen: float, pa: float) -> np.ndarray:
-    """(4, 2) RA/Dec (deg) of the outer pixel-edge corners of the 104 x 104 grid.
-
-    Corners are in pixel order (x, y) = (-0.5, -0.5), (103.5, -0.5), (103.5, 103.5),
-    (-0.5, 103.5), i.e. they trace the grid boundary.
-    """
-    celestial = WCS(cube_wcs_header(ra_cen, dec_cen, pa)).celestial
-    low, high = -0.5, N_PIX - 0.5
-    pixel_corners = np.array([[low, low], [high, low], [high, high], [low, high]])
-    return celestial.all_pix2world(pixel_corners, 0)
+    """(4, 2) RA/Dec (deg) of the outer pixel-edge corners of the 104 x 104 grid, in pixel order
+    (-0.5, -0.5), (103.5, -0.5), (103.5, 103.5), (-0.5, 103.5)."""
+    return cube_footprint(ra_cen, dec_cen, pa)[0]
 
 
 def _pixel_fractions(centres: np.ndarray, sigma_pix: float) -> np.ndarray:

@@ -402,7 +402,7 @@ def write_detect_file(mock: Mock, out: Path, release: str, det_type: str) -> Non
             core, truth = shot_detections(mock, int(i), det_type)
             rows = np.ones(len(core), dtype=bool)
             if spectra_per_shot is not None:
-                rows[spectra_per_shot:] = False  # catalog sources come first in each shot
+                rows[spectra_per_shot[det_type == "cont"]:] = False  # catalog sources come first in each shot
             spec, err = detection_spectra(mock, core["detectid"][rows], truth[rows])
             writer.append(core, spec, err, rows, np.random.default_rng([mock.seed, 8, int(i), det_type == "line"]))
 

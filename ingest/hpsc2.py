@@ -1,0 +1,302 @@
+"""HETDEX Source Catalog 2 -> the ``sources`` and ``detinfo`` catalogs (data model section 2).
+
+``sources``: every column of the main table ``hetdex_sc2_vX.Y.fits`` plus each row's spectrum and
+error, ``spec`` / ``spec_err`` (FixedSizeList<float32>[1036], per Angstrom as stored), from the
+spectra file ``hetdex_sc2_spec_vX.Y.fits``. That file is ~10 GB and wavelength-major (row i's
+spectrum is ``SPEC[:, i]``, 1036 values N apart), so spectra are read a block of catalog rows at a
+time: one contiguous run per wavelength, transposed in memory. Its INFO table must match the main
+table row by row (source_id, detectid). Without the spectra file, ``sources`` has no spectrum
+columns; without the main table, its columns come from INFO.
+
+``detinfo``: every column of ``hetdex_sc2_detinfo_vX.Y.fits``.
+
+The highest version present is used (v1.3, v1.4 and v1.5 column sets are all accepted) and recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import ExitStack
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from dexdb.constants import FLUX_DENSITY_UNIT, N_WAVE, WAVE
+from dexdb.ingest.fits_stream import (
+    FitsFile,
+    FitsImage,
+    FitsTable,
+    UniqueIds,
+    check_sky,
+    provenance_metadata,
+    row_ranges,
+    version_key,
+)
+from dexdb.ingest.hats_writer import CatalogSpec
+from dexdb.ingest.product import Product
+
+SOURCES = "sources"
+DETINFO = "detinfo"
+CATALOG_DIR = "hetdex_source_catalog_2"
+_FILE_PATTERNS = {
+    "main": re.compile(r"hetdex_sc2_v(\d+(?:\.\d+)*)\.fits"),
+    "spec": re.compile(r"hetdex_sc2_spec_v(\d+(?:\.\d+)*)\.fits"),
+    "detinfo": re.compile(r"hetdex_sc2_detinfo_v(\d+(?:\.\d+)*)\.fits"),
+}
+
+# Rows per batch. A sources batch of 16k rows holds 2 x 68 MB of spectra, and reads one 64 KB
+# run per wavelength and image; detinfo rows are ~350 bytes.
+SOURCES_CHUNK_ROWS = 16_384
+DETINFO_CHUNK_ROWS = 65_536
+# ~1k rows of two spectra = ~8.5 MB per row group: one spectrum by id decodes a single small group.
+SOURCES_ROW_GROUP_ROWS = 1_024
+DETINFO_ROW_GROUP_ROWS = 32_768
+# Partition budgets (Arrow bytes): 256 MiB is ~30k sources with spectra (~200 MB on disk after
+# zstd + byte-stream-split) and bounds what each writer worker holds; the 1.1 GB detinfo table
+# splits into about a dozen 128 MiB partitions.
+SOURCES_PARTITION_BYTES = 256 << 20
+DETINFO_PARTITION_BYTES = 128 << 20
+
+WAVELENGTH_GRID = "3470 + 2k Angstrom, k=0..1035, air"
+
+# The v1.3 columns every version keeps (lum_* may be replaced by logL_* in v1.5), by kind.
+MAIN_REQUIRED = {
+    "source_name": "S", "source_id": "i", "shotid": "i", "RA": "f", "DEC": "f", "gmag": "f",
+    "Av": "f", "z_hetdex": "f", "z_hetdex_src": "S", "z_hetdex_conf": "f", "source_type": "S",
+    "n_members": "i", "detectid": "i", "field": "S", "flux": "f", "flux_err": "f", "flux_aper": "f",
+    "flux_aper_err": "f", "flag_aper": "i", "major": "f", "minor": "f", "theta": "f", "flux_lya": "f",
+    "flux_lya_err": "f", "flux_oii": "f", "flux_oii_err": "f", "sn": "f", "apcor": "f",
+    "p_conf": "f", "p_cnn": "f",
+}  # fmt: skip
+MAIN_OPTIONAL = {
+    "RA_det": "f", "DEC_det": "f", "ifuslot": "S", "det_type": "S",
+    "lum_lya": "f", "lum_lya_err": "f", "lum_oii": "f", "lum_oii_err": "f",
+    "logL_lya": "f", "logL_lya_err": "f", "logL_oii": "f", "logL_oii_err": "f",
+}  # fmt: skip
+# detinfo's later column sets are undocumented: only the identity and position columns the
+# catalog depends on are required; every other column passes through whatever its kind.
+DETINFO_REQUIRED = {"source_id": "i", "source_name": "S", "detectid": "i", "shotid": "i", "RA": "f", "DEC": "f"}
+SPECTRUM_COLUMNS = {"spec": "SPEC", "spec_err": "SPEC_ERR"}
+
+BAD_VALUES_NOTE = (
+    "Bad values are kept as in the source file: -999 (floats; some rows hold NaN instead, as the v1.4+ "
+    "writer fills masked values with NaN) and 'n/a' (strings). Test for both -999 and NaN."
+)
+STRINGS_NOTE = "Strings lose only their FITS trailing blanks."
+
+
+def products(
+    pdr1_dir: Path, *, sources_chunk_rows: int = SOURCES_CHUNK_ROWS, detinfo_chunk_rows: int = DETINFO_CHUNK_ROWS
+) -> list[Product]:
+    pdr1_dir = Path(pdr1_dir)
+    files = _catalog_files(pdr1_dir / CATALOG_DIR)
+    found = []
+    if files["main"] or files["spec"]:
+        found.append(_sources(pdr1_dir, files, sources_chunk_rows))
+    if files["detinfo"]:
+        found.append(_detinfo(pdr1_dir, files, detinfo_chunk_rows))
+    return found
+
+
+def _catalog_files(directory: Path) -> dict[str, dict[str, Path]]:
+    """{kind: {version: path}} of the HPSC2 FITS files present."""
+    files: dict[str, dict[str, Path]] = {kind: {} for kind in _FILE_PATTERNS}
+    if directory.is_dir():
+        for path in directory.iterdir():
+            for kind, pattern in _FILE_PATTERNS.items():
+                if match := pattern.fullmatch(path.name):
+                    files[kind][match.group(1)] = path
+    return files
+
+
+def _highest(versions: dict[str, Path]) -> str:
+    return max(versions, key=version_key)
+
+
+# --------------------------------------------------------------------------------------------------
+# sources
+
+
+def _sources(pdr1_dir: Path, files: dict[str, dict[str, Path]], chunk_rows: int) -> Product:
+    version = _highest(files["main"] or files["spec"])
+    main_path = files["main"].get(version)
+    spec_path = files["spec"].get(version)
+    inputs = [p for p in (main_path, spec_path) if p is not None]
+    with ExitStack() as stack:
+        opened = _SourceFiles(stack, main_path, spec_path)
+        units = opened.table.units
+        nrows = opened.table.nrows
+        spectrum_unit = opened.spectrum_unit
+
+    notes = [
+        f"HPSC2 v{version}.",
+        BAD_VALUES_NOTE,
+        STRINGS_NOTE,
+        "source_id is unique; source_name repeats over the observations of one source.",
+    ]
+    fields = {"hpsc2_version": version}
+    if spec_path is not None:
+        units |= dict.fromkeys(SPECTRUM_COLUMNS, spectrum_unit)
+        fields |= {"wavelength": WAVELENGTH_GRID, "spectrum_unit": spectrum_unit}
+        notes.append(
+            f"spec / spec_err: SPEC[:, i] / SPEC_ERR[:, i] of {spec_path.name} as stored: per Angstrom "
+            f"({spectrum_unit}), dust-corrected, PSF-extracted, aperture-corrected, on {WAVELENGTH_GRID}."
+        )
+    else:
+        notes.append(f"No spectra file hetdex_sc2_spec_v{version}.fits was present: no spec / spec_err columns.")
+    metadata = provenance_metadata(pdr1_dir, inputs, fields | {"units": json.dumps(units), "notes": json.dumps(notes)})
+    spec = CatalogSpec(
+        name=SOURCES,
+        ra_column="RA",
+        dec_column="DEC",
+        sort_tiebreak="source_id",
+        id_columns=("source_id", "detectid", "source_name"),
+        partition_bytes=SOURCES_PARTITION_BYTES,
+        row_group_rows=SOURCES_ROW_GROUP_ROWS,
+        metadata=metadata,
+    )
+    batches = partial(_source_batches, main_path, spec_path, chunk_rows)
+    input_bytes = sum(p.stat().st_size for p in inputs)
+    return Product(spec, inputs, batches, expected_rows=nrows, input_bytes=input_bytes, notes=notes)
+
+
+class _SourceFiles:
+    """The main table and the spectra file of one version, opened and checked for consistency."""
+
+    def __init__(self, stack: ExitStack, main_path: Path | None, spec_path: Path | None):
+        self.main = self.info = self.spec = self.spec_err = None
+        if main_path is not None:
+            self.main = _checked_table(stack.enter_context(FitsFile(main_path, SOURCES)).table(1))
+        if spec_path is not None:
+            spec_file = stack.enter_context(FitsFile(spec_path, SOURCES))
+            self.info = _checked_table(spec_file.table("INFO"))
+            rows = self.info.nrows
+            if self.main is not None and rows != self.main.nrows:
+                raise spec_file.error(f"INFO has {rows} rows but {main_path.name} has {self.main.nrows}", "HDU 'INFO'")
+            self.spec, self.spec_err = (
+                _spectra_image(spec_file, extname, rows) for extname in SPECTRUM_COLUMNS.values()
+            )
+            wavelength = spec_file.image("WAVELENGTH")
+            wavelength.check_shape((N_WAVE,), "WAVELENGTH")
+            values = wavelength.read().astype(np.float64)
+            if not np.array_equal(values, WAVE.astype(np.float64)):
+                k = int(np.argmax(values != WAVE))
+                raise spec_file.error(
+                    f"WAVELENGTH is not the PDR1 grid {WAVELENGTH_GRID}: "
+                    f"{float(values[k])} at k={k}, expected {float(WAVE[k])}",
+                    "HDU 'WAVELENGTH'",
+                )
+        self.table: FitsTable = self.main if self.main is not None else self.info
+
+    @property
+    def spectrum_unit(self) -> str:
+        return str(self.spec.header.get("BUNIT", FLUX_DENSITY_UNIT)) if self.spec is not None else ""
+
+
+def _checked_table(table: FitsTable) -> FitsTable:
+    table.require(MAIN_REQUIRED, MAIN_OPTIONAL)
+    clashing = [name for name in SPECTRUM_COLUMNS if name in table.columns]
+    if clashing:
+        raise table.file.error(f"column(s) {', '.join(clashing)} clash with the spectrum columns", f"HDU {table.key!r}")
+    return table
+
+
+def _spectra_image(file: FitsFile, extname: str, rows: int) -> FitsImage:
+    image = file.image(extname)
+    if image.dtype != np.dtype(">f4"):
+        raise file.error(f"{extname} has BITPIX {image.header['BITPIX']}, expected -32 (float32)", f"HDU {extname!r}")
+    image.check_shape((N_WAVE, rows), f"{extname} must hold one spectrum per INFO row, (N_WAVE, rows)")
+    return image
+
+
+def _source_batches(main_path: Path | None, spec_path: Path | None, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    # Reopened (and re-checked) here: the stream may start long after products() looked.
+    with ExitStack() as stack:
+        files = _SourceFiles(stack, main_path, spec_path)
+        table = files.table
+        source_ids = UniqueIds(table.nrows, "source_id")
+        for start, stop in row_ranges(table.nrows, chunk_rows):
+            records = table.records(start, stop)
+            check_sky(table, records["RA"], records["DEC"], "RA", "DEC", start)
+            source_ids.add(records["source_id"])
+            batch = table.to_arrow(records)
+            if files.spec is not None:
+                if files.main is not None:
+                    _check_info_matches(files.info, records, start)
+                batch = _with_spectra(batch, files, start, stop)
+            yield batch
+        source_ids.check(table)
+
+
+def _check_info_matches(info: FitsTable, main_records: np.ndarray, start: int) -> None:
+    info_records = info.records(start, start + len(main_records))
+    for name in ("source_id", "detectid"):
+        differ = info_records[name] != main_records[name]
+        if differ.any():
+            k = int(np.argmax(differ))
+            raise info.file.error(
+                f"INFO does not match the main table row by row: {name} {info_records[name][k]} here, "
+                f"{main_records[name][k]} in the main table",
+                f"row {start + k}, column {name}",
+            )
+
+
+def _with_spectra(batch: pa.RecordBatch, files: _SourceFiles, start: int, stop: int) -> pa.RecordBatch:
+    columns = {}
+    for name, image in (("spec", files.spec), ("spec_err", files.spec_err)):
+        values = np.empty((stop - start, N_WAVE), dtype=np.float32)
+        image.read_columns(start, stop, values)
+        columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), N_WAVE)
+    return pa.RecordBatch.from_arrays([*batch.columns, *columns.values()], names=[*batch.schema.names, *columns])
+
+
+# --------------------------------------------------------------------------------------------------
+# detinfo
+
+
+def _detinfo(pdr1_dir: Path, files: dict[str, dict[str, Path]], chunk_rows: int) -> Product:
+    version = _highest(files["detinfo"])
+    path = files["detinfo"][version]
+    with FitsFile(path, DETINFO) as file:
+        table = file.table(1)
+        table.require(DETINFO_REQUIRED)
+        units, nrows = table.units, table.nrows
+    notes = [
+        f"HPSC2 v{version}.",
+        BAD_VALUES_NOTE,
+        STRINGS_NOTE,
+        (
+            "One row per detection; detectid is unique. Partitioned on the source position RA/DEC "
+            "(RA_det/DEC_det is the detection's own position), so a source's detections share its partition."
+        ),
+    ]
+    fields = {"hpsc2_version": version, "units": json.dumps(units), "notes": json.dumps(notes)}
+    spec = CatalogSpec(
+        name=DETINFO,
+        ra_column="RA",
+        dec_column="DEC",
+        sort_tiebreak="detectid",
+        id_columns=("detectid",),
+        partition_bytes=DETINFO_PARTITION_BYTES,
+        row_group_rows=DETINFO_ROW_GROUP_ROWS,
+        metadata=provenance_metadata(pdr1_dir, [path], fields),
+    )
+    batches = partial(_detinfo_batches, path, chunk_rows)
+    return Product(spec, [path], batches, expected_rows=nrows, input_bytes=path.stat().st_size, notes=notes)
+
+
+def _detinfo_batches(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    with FitsFile(path, DETINFO) as file:
+        table = file.table(1)
+        table.require(DETINFO_REQUIRED)
+        detectids = UniqueIds(table.nrows, "detectid")
+        for start, stop in row_ranges(table.nrows, chunk_rows):
+            records = table.records(start, stop)
+            check_sky(table, records["RA"], records["DEC"], "RA", "DEC", start)
+            detectids.add(records["detectid"])
+            yield table.to_arrow(records)
+        detectids.check(table)
