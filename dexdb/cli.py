@@ -52,26 +52,74 @@ def mock(out_dir: Path, scale: str, seed: int, overwrite: bool, workers: int | N
 
 
 @main.command()
+@click.argument("pdr1_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar per product.")
+def ingest(pdr1_dir: Path, out_dir: Path, workers: int, progress: bool) -> None:
+    """Convert a PDR1 tree into HEALPix-partitioned Parquet (HATS) catalogs in OUT_DIR.
+
+    \b
+    Catalogs: ifu_index, sources (HPSC2 + spectra), detinfo, detections,
+    detection_spectra, fibers, detect_index; missing source files are reported
+    and skipped. The result is published only once complete; running the same
+    command again resumes an interrupted run.
+
+    \b
+    Examples:
+      dexdb ingest /data/pdr1 /data/dexdb
+      dexdb ingest pdr1 catalogs --workers 2 --no-progress
+    """
+    from dexdb.ingest.pipeline import ingest as run_ingest
+    from dexdb.ingest.product import IngestError
+
+    try:
+        report = run_ingest(pdr1_dir, out_dir, workers=workers, progress=progress, log=click.echo)
+    except IngestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"published version {report.version} in {report.out_dir} ({report.seconds:.1f} s)")
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("pdr1_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+def verify(out_dir: Path, pdr1_dir: Path | None) -> None:
+    """Check a published ingest: checksums, row counts, HATS validity (and the source, if given).
+
+    \b
+    Examples:
+      dexdb verify /data/dexdb
+      dexdb verify /data/dexdb /data/pdr1
+    """
+    from dexdb.ingest.verify import verify as run_verify
+
+    problems = run_verify(out_dir, pdr1_dir)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise SystemExit(1)
+    click.echo(f"{out_dir}: all catalogs intact")
+
+
+@main.command()
 @click.argument("work_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dexdb-demo"))
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(work_dir: Path, seed: int) -> None:
-    """Run the whole path on a tiny mock in WORK_DIR (default ./dexdb-demo).
+    """Mock release -> ingest -> queries, in WORK_DIR (default ./dexdb-demo).
 
     \b
     Example:
       dexdb demo
       dexdb demo /tmp/dexdb-demo
     """
-    from dexdb.mock.generate import MockError, generate
-    from dexdb.mock.summary import summarize
+    from dexdb.demo import run_demo
+    from dexdb.ingest.product import IngestError
+    from dexdb.mock.generate import MockError
 
-    pdr1 = work_dir / "pdr1"
     try:
-        generate(pdr1, "tiny", seed, overwrite=True, log=click.echo)
-    except MockError as exc:
+        run_demo(work_dir, seed, log=click.echo)
+    except (MockError, IngestError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo()
-    click.echo(summarize(pdr1))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,6 @@ the product and where the problem is.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from astropy.io import fits
 
-from dexdb.ingest.product import IngestError, sha256_of
+from dexdb.ingest.product import IngestError
 
 FITS_BLOCK = 2880
 
@@ -300,45 +299,3 @@ class UniqueIds:
             raise table.file.error(
                 f"duplicate {self.label} {describe(int(ids[again]))} (first in row {first})", f"row {again}"
             )
-
-
-class LazyMetadata(Mapping):
-    """Key-value metadata whose expensive values (file hashes) are computed on first access.
-
-    Hashing the ~10 GB HPSC2 inputs takes a while and ``products()`` must stay cheap; the writer
-    reads the metadata only once it starts writing.
-    """
-
-    def __init__(self, fixed: Mapping[str, str], deferred: Mapping[str, Callable[[], str]]):
-        self._values = dict(fixed)
-        self._deferred = dict(deferred)
-        self._keys = [*self._values, *self._deferred]
-
-    def __getitem__(self, key: str) -> str:
-        if key not in self._values:
-            self._values[key] = self._deferred[key]()
-        return self._values[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
-@dataclass(frozen=True)
-class _Sha256Json:
-    """Picklable deferred value: JSON {input name: sha256}."""
-
-    files: tuple[tuple[str, Path], ...]
-
-    def __call__(self) -> str:
-        return json.dumps({name: sha256_of(path) for name, path in self.files})
-
-
-def provenance_metadata(pdr1_dir: Path, inputs: list[Path], fields: Mapping[str, str]) -> LazyMetadata:
-    """``fields`` plus ``source_files`` (JSON list, relative to the release root) and ``sha256`` (deferred)."""
-    names = [path.relative_to(pdr1_dir).as_posix() for path in inputs]
-    return LazyMetadata(
-        {**fields, "source_files": json.dumps(names)}, {"sha256": _Sha256Json(tuple(zip(names, inputs)))}
-    )

@@ -15,7 +15,6 @@ The highest version present is used (v1.3, v1.4 and v1.5 column sets are all acc
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -32,12 +31,11 @@ from dexdb.ingest.fits_stream import (
     FitsTable,
     UniqueIds,
     check_sky,
-    provenance_metadata,
     row_ranges,
     version_key,
 )
 from dexdb.ingest.hats_writer import CatalogSpec
-from dexdb.ingest.product import Product
+from dexdb.ingest.product import HASH_MAX_BYTES, Product, catalog_metadata
 
 SOURCES = "sources"
 DETINFO = "detinfo"
@@ -90,15 +88,22 @@ STRINGS_NOTE = "Strings lose only their FITS trailing blanks."
 
 
 def products(
-    pdr1_dir: Path, *, sources_chunk_rows: int = SOURCES_CHUNK_ROWS, detinfo_chunk_rows: int = DETINFO_CHUNK_ROWS
+    pdr1_dir: Path,
+    *,
+    hash_max_bytes: int = HASH_MAX_BYTES,
+    sources_chunk_rows: int = SOURCES_CHUNK_ROWS,
+    detinfo_chunk_rows: int = DETINFO_CHUNK_ROWS,
 ) -> list[Product]:
+    """``sources`` and ``detinfo`` from the HPSC2 files present. Inputs of at most ``hash_max_bytes`` are
+    hashed into the metadata, larger ones (the spectra file) recorded by size and mtime (see
+    :func:`~dexdb.ingest.product.catalog_metadata`)."""
     pdr1_dir = Path(pdr1_dir)
     files = _catalog_files(pdr1_dir / CATALOG_DIR)
     found = []
     if files["main"] or files["spec"]:
-        found.append(_sources(pdr1_dir, files, sources_chunk_rows))
+        found.append(_sources(pdr1_dir, files, hash_max_bytes, sources_chunk_rows))
     if files["detinfo"]:
-        found.append(_detinfo(pdr1_dir, files, detinfo_chunk_rows))
+        found.append(_detinfo(pdr1_dir, files, hash_max_bytes, detinfo_chunk_rows))
     return found
 
 
@@ -121,7 +126,7 @@ def _highest(versions: dict[str, Path]) -> str:
 # sources
 
 
-def _sources(pdr1_dir: Path, files: dict[str, dict[str, Path]], chunk_rows: int) -> Product:
+def _sources(pdr1_dir: Path, files: dict[str, dict[str, Path]], hash_max_bytes: int, chunk_rows: int) -> Product:
     version = _highest(files["main"] or files["spec"])
     main_path = files["main"].get(version)
     spec_path = files["spec"].get(version)
@@ -148,7 +153,7 @@ def _sources(pdr1_dir: Path, files: dict[str, dict[str, Path]], chunk_rows: int)
         )
     else:
         notes.append(f"No spectra file hetdex_sc2_spec_v{version}.fits was present: no spec / spec_err columns.")
-    metadata = provenance_metadata(pdr1_dir, inputs, fields | {"units": json.dumps(units), "notes": json.dumps(notes)})
+    metadata = catalog_metadata(pdr1_dir, inputs, units, notes, hash_max_bytes=hash_max_bytes, **fields)
     spec = CatalogSpec(
         name=SOURCES,
         ra_column="RA",
@@ -258,7 +263,7 @@ def _with_spectra(batch: pa.RecordBatch, files: _SourceFiles, start: int, stop: 
 # detinfo
 
 
-def _detinfo(pdr1_dir: Path, files: dict[str, dict[str, Path]], chunk_rows: int) -> Product:
+def _detinfo(pdr1_dir: Path, files: dict[str, dict[str, Path]], hash_max_bytes: int, chunk_rows: int) -> Product:
     version = _highest(files["detinfo"])
     path = files["detinfo"][version]
     with FitsFile(path, DETINFO) as file:
@@ -274,7 +279,7 @@ def _detinfo(pdr1_dir: Path, files: dict[str, dict[str, Path]], chunk_rows: int)
             "(RA_det/DEC_det is the detection's own position), so a source's detections share its partition."
         ),
     ]
-    fields = {"hpsc2_version": version, "units": json.dumps(units), "notes": json.dumps(notes)}
+    metadata = catalog_metadata(pdr1_dir, [path], units, notes, hash_max_bytes=hash_max_bytes, hpsc2_version=version)
     spec = CatalogSpec(
         name=DETINFO,
         ra_column="RA",
@@ -283,7 +288,7 @@ def _detinfo(pdr1_dir: Path, files: dict[str, dict[str, Path]], chunk_rows: int)
         id_columns=("detectid",),
         partition_bytes=DETINFO_PARTITION_BYTES,
         row_group_rows=DETINFO_ROW_GROUP_ROWS,
-        metadata=provenance_metadata(pdr1_dir, [path], fields),
+        metadata=metadata,
     )
     batches = partial(_detinfo_batches, path, chunk_rows)
     return Product(spec, [path], batches, expected_rows=nrows, input_bytes=path.stat().st_size, notes=notes)

@@ -7,7 +7,6 @@ Every column of the file is kept (strings without their FITS padding), and each 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -17,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dexdb.constants import PDR1_BASE_URL
-from dexdb.ingest.fits_stream import FitsFile, FitsTable, UniqueIds, check_sky, provenance_metadata, row_ranges
+from dexdb.ingest.fits_stream import FitsFile, FitsTable, UniqueIds, check_sky, row_ranges
 from dexdb.ingest.hats_writer import CatalogSpec
-from dexdb.ingest.product import Product
+from dexdb.ingest.product import HASH_MAX_BYTES, Product, catalog_metadata
 from dexdb.geometry import cube_footprint
 
 PRODUCT = "ifu_index"
@@ -67,7 +66,9 @@ NOTES = [
 ]
 
 
-def products(pdr1_dir: Path, *, chunk_rows: int = CHUNK_ROWS) -> list[Product]:
+def products(pdr1_dir: Path, *, hash_max_bytes: int = HASH_MAX_BYTES, chunk_rows: int = CHUNK_ROWS) -> list[Product]:
+    """``ifu_index`` if ``pdr1_dir/ifu-index.fits`` is present; it is hashed into the metadata if at most
+    ``hash_max_bytes`` (see :func:`~dexdb.ingest.product.catalog_metadata`)."""
     pdr1_dir = Path(pdr1_dir)
     path = pdr1_dir / FILE_NAME
     if not path.exists():
@@ -76,7 +77,7 @@ def products(pdr1_dir: Path, *, chunk_rows: int = CHUNK_ROWS) -> list[Product]:
         table = _open_table(file)
         units = table.units | DERIVED_UNITS
         nrows = table.nrows
-    metadata = provenance_metadata(pdr1_dir, [path], {"units": json.dumps(units), "notes": json.dumps(NOTES)})
+    metadata = catalog_metadata(pdr1_dir, [path], units, NOTES, hash_max_bytes=hash_max_bytes)
     spec = CatalogSpec(
         name=PRODUCT,
         ra_column="ra_cen",

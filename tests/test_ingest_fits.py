@@ -164,6 +164,17 @@ def test_sources_round_trip(tiny_pdr1, converted):
     assert any("-999" in note for note in product.notes)
 
 
+def test_inputs_above_the_hash_cap_are_listed_unhashed(tiny_pdr1):
+    main = tiny_pdr1 / SC2 / "hetdex_sc2_v1.5.fits"
+    spec_file = tiny_pdr1 / SC2 / "hetdex_sc2_spec_v1.5.fits"
+    sources = {p.name: p for p in hpsc2.products(tiny_pdr1, hash_max_bytes=main.stat().st_size)}["sources"]
+    metadata = sources.spec.metadata
+    assert set(json.loads(metadata["sha256"])) == {f"{SC2}/{main.name}"}
+    unhashed = json.loads(metadata["unhashed_files"])
+    assert list(unhashed) == [f"{SC2}/{spec_file.name}"]
+    assert unhashed[f"{SC2}/{spec_file.name}"]["bytes"] == spec_file.stat().st_size
+
+
 def test_detinfo_round_trip(tiny_pdr1, converted):
     product, table = converted["detinfo"]
     expected = expected_columns(tiny_pdr1 / SC2 / "hetdex_sc2_detinfo_v1.5.fits")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import resource
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ HPSC2_DIR = "hetdex_source_catalog_2"
 HPSC2_MAIN = f"{HPSC2_DIR}/hetdex_sc2_v{HPSC2_VERSION}.fits"
 HPSC2_SPEC = f"{HPSC2_DIR}/hetdex_sc2_spec_v{HPSC2_VERSION}.fits"
 HPSC2_DETINFO = f"{HPSC2_DIR}/hetdex_sc2_detinfo_v{HPSC2_VERSION}.fits"
-SPECTRA_CHUNK = 8192
-DETINFO_CHUNK = 100_000
+SPECTRA_CHUNK = 2048  # rows of spectra computed at once: ~10 MB per float64 temporary
+DETINFO_CHUNK = 50_000
 BAD_FLOAT = -999.0
 BAD_STRING = b"n/a"
 #: Per-spaxel noise of a cube relative to a 3.5" aperture spectrum: sqrt(sum of w^2) for r = 7 pix.
@@ -376,21 +377,26 @@ def _line_ids(det: np.ndarray, obj: np.ndarray) -> np.ndarray:
 
 def write_hpsc2_files(mock: Mock, out: Path) -> None:
     by_obs, core, truth = catalog_rows(mock)
-    # Catalog order: z_hetdex descending, identically in the main table and the spec file.
+    detectid = core["detectid"]
+    del core  # the rest of the selected detections' records is in by_obs already
+    # Catalog order: z_hetdex descending, identically in the main table and the spec file;
+    # rows are taken through the order in chunks rather than copied whole.
     order = np.argsort(-by_obs["z_hetdex"].astype(np.float64), kind="stable")
-    rows, core, truth = by_obs[order], core[order], truth[order]
+    chunks = [order[a : a + SPECTRA_CHUNK] for a in range(0, len(order), SPECTRA_CHUNK)]
     (out / HPSC2_DIR).mkdir(parents=True, exist_ok=True)
-    write_hpsc2_main(out / HPSC2_MAIN, rows)
+    write_hpsc2_main(out / HPSC2_MAIN, (by_obs[c] for c in chunks), nrows=len(order))
     n_det = len(mock.sky.srcdets)
     blocks = (detinfo_rows(mock, by_obs, np.arange(a, min(a + DETINFO_CHUNK, n_det))) for a in range(0, n_det, DETINFO_CHUNK))
     write_detinfo(out / HPSC2_DETINFO, blocks, nrows=n_det)
-    with Hpsc2SpecWriter(out / HPSC2_SPEC, len(rows)) as writer:
-        writer.write_info(rows)
-        for start in range(0, len(rows), SPECTRA_CHUNK):
-            stop = min(start + SPECTRA_CHUNK, len(rows))
-            spec, err = detection_spectra(mock, core["detectid"][start:stop], truth[start:stop])
-            dust = S.dust_correction(rows["Av"][start:stop])
+    with Hpsc2SpecWriter(out / HPSC2_SPEC, len(order)) as writer:
+        start = 0
+        for c in chunks:
+            rows = by_obs[c]
+            writer.write_info(rows)
+            spec, err = detection_spectra(mock, detectid[c], truth[c])
+            dust = S.dust_correction(rows["Av"])
             writer.write_spectra(start, spec * dust, err * dust)
+            start += len(c)
 
 
 def write_detect_file(mock: Mock, out: Path, release: str, det_type: str) -> None:
@@ -478,7 +484,9 @@ def _run_task(task: tuple) -> tuple[str, float]:
     kind, out, *args = task
     {"hpsc2": write_hpsc2_files, "detect": write_detect_file, "index": write_detect_index,
      "cubes": _write_cubes}[kind](_MOCK, Path(out), *args)
-    return f"{kind} {' '.join(map(str, args))}".strip(), time.perf_counter() - t0
+    label = kind if kind == "cubes" else f"{kind} {' '.join(map(str, args))}".strip()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return f"{label} (peak RSS of this worker so far {peak_mb:.0f} MB)", time.perf_counter() - t0
 
 
 def _write_cubes(mock: Mock, out: Path, targets: list[int]) -> None:

@@ -1,0 +1,156 @@
+"""``dexdb ingest``: every converter's products through the partitioned writer, published as one version.
+
+Layout of OUT_DIR::
+
+    OUT/versions/<version>/<catalog>/...   HATS collections of one ingest (see hats_layout)
+    OUT/versions/<version>/manifest.json   rows, files and their sha256, provenance, notes
+    OUT/current -> versions/<version>      switched atomically when a version is complete
+    OUT/<catalog> -> current/<catalog>     stable paths for users, DuckDB and LSDB
+
+The version id is a digest of the input files' names, sizes and mtimes and of the dexdb version, so
+running the same command again on the same input resumes: products already written into that
+version are kept, the rest are written, and ``current`` moves only once all are there. A failed or
+killed run never moves ``current``: readers keep seeing the previous complete version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dexdb
+from dexdb.ingest import detect, detect_index, hpsc2, ifu_index
+from dexdb.ingest.hats_layout import CollectionLayout, partition_files
+from dexdb.ingest.hats_writer import write_catalog
+from dexdb.ingest.product import IngestError, Product, sha256_of
+
+CONVERTERS = (ifu_index, hpsc2, detect, detect_index)
+ALL_PRODUCTS = ("ifu_index", "sources", "detinfo", "detections", "detection_spectra", "fibers", "detect_index")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class ProductResult:
+    name: str
+    rows: int
+    input_bytes: int
+    seconds: float
+    skipped: bool = False  # already complete in this version (resumed run)
+
+
+@dataclass
+class IngestReport:
+    version: str
+    out_dir: Path
+    products: list[ProductResult] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def discover(pdr1_dir: Path) -> list[Product]:
+    if not pdr1_dir.is_dir():
+        raise IngestError(pdr1_dir, "release", "not a directory")
+    found: list[Product] = []
+    for converter in CONVERTERS:
+        found.extend(converter.products(pdr1_dir))
+    return found
+
+
+def version_id(products: list[Product]) -> str:
+    h = hashlib.sha256(f"dexdb {dexdb.__version__}".encode())
+    for product in sorted(products, key=lambda p: p.name):
+        h.update(product.name.encode())
+        for path in product.inputs:
+            st = path.stat()
+            h.update(f"{path.name} {st.st_size} {st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def ingest(pdr1_dir: str | os.PathLike, out_dir: str | os.PathLike, *, workers: int = 2, progress: bool = False,
+           log: Callable[[str], None] = print) -> IngestReport:
+    started = time.perf_counter()
+    pdr1_dir, out_dir = Path(pdr1_dir).absolute(), Path(out_dir).absolute()
+    products = discover(pdr1_dir)
+    if not products:
+        raise IngestError(pdr1_dir, "release", "no PDR1 product found (expected ifu-index.fits, "
+                          "hetdex_source_catalog_2/, detect/)")
+    report = IngestReport(version_id(products), out_dir)
+    report.missing = [name for name in ALL_PRODUCTS if name not in {p.name for p in products}]
+    for name in report.missing:
+        log(f"missing: {name} (its source files are not in {pdr1_dir}); ingesting the rest")
+
+    version_dir = out_dir / "versions" / report.version
+    version_dir.mkdir(parents=True, exist_ok=True)
+    for product in products:
+        t0 = time.perf_counter()
+        if (version_dir / product.name / "collection.properties").exists():
+            rows = sum(_rows_of(f.path) for f in partition_files(version_dir / product.name))
+            report.products.append(ProductResult(product.name, rows, product.input_bytes, 0.0, skipped=True))
+            log(f"{product.name}: already complete in version {report.version}")
+            continue
+        log(f"{product.name}: from {', '.join(p.name for p in product.inputs)}")
+        info = write_catalog(product.batches(), product.spec, version_dir, workers=workers, progress=progress)
+        if info.rows != product.expected_rows:
+            shutil.rmtree(version_dir / product.name, ignore_errors=True)
+            raise IngestError(product.inputs[0], product.name,
+                              f"wrote {info.rows} rows but the source has {product.expected_rows}")
+        seconds = time.perf_counter() - t0
+        report.products.append(ProductResult(product.name, info.rows, product.input_bytes, seconds))
+        log(f"{product.name}: {info.rows:,} rows in {len(info.partitions)} partitions, {seconds:.1f} s")
+
+    _write_manifest(version_dir, products, report)
+    _publish(out_dir, report.version, [p.name for p in products])
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _rows_of(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _write_manifest(version_dir: Path, products: list[Product], report: IngestReport) -> None:
+    entries = {}
+    for product in products:
+        layout = CollectionLayout.read(version_dir / product.name)
+        files = {
+            str(f.path.relative_to(version_dir)): sha256_of(f.path) for f in partition_files(layout.collection)
+        }
+        entries[product.name] = {
+            "rows": sum(r.rows for r in report.products if r.name == product.name),
+            "inputs": [str(p) for p in product.inputs],
+            "files": files,
+            "notes": product.notes,
+        }
+    manifest = {"dexdb": dexdb.__version__, "version": report.version, "products": entries,
+                "missing": report.missing}
+    tmp = version_dir / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, version_dir / MANIFEST)
+
+
+def _publish(out_dir: Path, version: str, names: list[str]) -> None:
+    """Point ``current`` at the new version in one rename; keep the previous version for readers
+    that opened it before the switch; drop older ones."""
+    current = out_dir / "current"
+    previous = os.readlink(current) if current.is_symlink() else None
+    tmp = out_dir / ".current.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(Path("versions") / version)
+    os.replace(tmp, current)
+    for name in names:
+        link = out_dir / name
+        if not link.is_symlink():
+            link.symlink_to(Path("current") / name)
+    keep = {version, Path(previous).name if previous else None}
+    for old in (out_dir / "versions").iterdir():
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
