@@ -40,10 +40,8 @@ def parquet_glob(out: Path, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def catalogs(tiny_pdr1, tmp_path_factory):
-    out = tmp_path_factory.mktemp("catalogs") / "out"
-    ingest(tiny_pdr1, out, log=quiet)
-    return out
+def catalogs(tiny_catalogs):
+    return tiny_catalogs
 
 
 def test_every_product_is_published_with_source_row_counts(tiny_pdr1, catalogs):
