@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def baseline_sources(main: Path, spec: Path, out: Path, step: int = 16384) -> No
         writer.close()
 
 
-def run_baselines(pdr1: Path, scratch: Path) -> dict[str, float]:
+def run_baselines(pdr1: Path, scratch: Path) -> tuple[dict[str, float], dict[str, int]]:
     detect = sorted((pdr1 / "detect").glob("*_hdr?.h5"), key=lambda p: (p.name[-4], p.name))
     hpsc2 = pdr1 / "hetdex_source_catalog_2"
     jobs = {name: (lambda node=node, name=name: baseline_h5(detect, node, scratch / f"{name}.parquet"))
@@ -102,13 +103,17 @@ def run_baselines(pdr1: Path, scratch: Path) -> dict[str, float]:
     jobs["detinfo"] = lambda: baseline_fits_table(next(hpsc2.glob("hetdex_sc2_detinfo_v*.fits")), scratch / "detinfo.parquet")
     jobs["sources"] = lambda: baseline_sources(next(hpsc2.glob("hetdex_sc2_v*.fits")),
                                                next(hpsc2.glob("hetdex_sc2_spec_v*.fits")), scratch / "src.parquet")
-    seconds = {}
+    seconds, sizes = {}, {}
     for name, job in jobs.items():
         t0 = time.perf_counter()
         job()
         seconds[name] = time.perf_counter() - t0
+        written = list(scratch.iterdir())
+        sizes[name] = sum(p.stat().st_size for p in written)
+        for p in written:  # keep the disk footprint to one product at a time
+            p.unlink()
         print(f"baseline {name}: {seconds[name]:.1f} s", flush=True)
-    return seconds
+    return seconds, sizes
 
 
 def run_ingest(pdr1: Path, out: Path) -> tuple[dict[str, float], float, int, int]:
@@ -118,7 +123,6 @@ def run_ingest(pdr1: Path, out: Path) -> tuple[dict[str, float], float, int, int
     ps = psutil.Process(proc.pid)
     peak_single = peak_sum = 0
     seconds: dict[str, float] = {}
-    import threading
 
     def sample():
         nonlocal peak_single, peak_sum
@@ -162,8 +166,7 @@ def main() -> None:
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        base = run_baselines(args.pdr1, scratch)
-        base_bytes = {p.name: p.stat().st_size for p in scratch.iterdir()}
+        base, base_bytes = run_baselines(args.pdr1, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
