@@ -155,6 +155,7 @@ def main() -> None:
     ap.add_argument("--pdr1", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--scale", default="large", help="label for the results table")
+    ap.add_argument("--keep", action="store_true", help="keep the catalogs (default: free the disk for the baseline)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from dexdb.ingest.pipeline import discover
@@ -162,6 +163,10 @@ def main() -> None:
     products = {p.name: p for p in discover(args.pdr1)}
     shutil.rmtree(args.out, ignore_errors=True)
     seconds, total, peak_single, peak_sum = run_ingest(args.pdr1, args.out)
+    out_bytes = {name: sum(f.stat().st_size for f in (args.out / "current" / name).rglob("*.parquet"))
+                 for name in products}
+    if not args.keep:
+        shutil.rmtree(args.out)
     scratch = args.out.parent / f".{args.out.name}.baseline"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
@@ -182,11 +187,10 @@ def main() -> None:
     for name, product in products.items():
         mb = product.input_bytes / 1e6
         total_in += product.input_bytes
-        out_bytes = sum(f.stat().st_size for f in (args.out / "current" / name).rglob("*.parquet"))
         d, b = seconds.get(name, float("nan")), base[name]
         lines.append(
             f"| {name} | {mb:,.0f} MB | {mb / d:,.0f} MB/s | {mb / b:,.0f} MB/s | {b / d:.2f} | "
-            f"{out_bytes / 1e6:,.0f} MB | {out_bytes / product.input_bytes:.2f} |"
+            f"{out_bytes[name] / 1e6:,.0f} MB | {out_bytes[name] / product.input_bytes:.2f} |"
         )
     rate = total_in / total
     lines += [
