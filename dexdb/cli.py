@@ -29,7 +29,9 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same content.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it already holds files.")
 @click.option("--workers", type=click.IntRange(1, 64), default=None, help="Processes (default: 2).")
-def mock(out_dir: Path, scale: str, seed: int, overwrite: bool, workers: int | None) -> None:
+@click.option("--cubes", "cubes", default=None, metavar="all|N",
+              help="Cubes per shot besides the example objects' IFUs: 'all' or N (default: the scale's).")
+def mock(out_dir: Path, scale: str, seed: int, overwrite: bool, workers: int | None, cubes: str | None) -> None:
     """Write a faithful mock PDR1 tree to OUT_DIR.
 
     \b
@@ -42,11 +44,20 @@ def mock(out_dir: Path, scale: str, seed: int, overwrite: bool, workers: int | N
       dexdb mock /tmp/pdr1                       # tiny, seed 0
       dexdb mock /data/pdr1 --scale large --seed 1
       dexdb mock /tmp/pdr1 --overwrite           # replace an earlier mock
+      dexdb mock /tmp/pdr1 --scale small --cubes all   # a cube for every IFU
     """
     from dexdb.mock.generate import MockError, generate
 
+    if cubes is None:
+        per_shot: int | None | str = "scale"
+    elif cubes == "all":
+        per_shot = None
+    elif cubes.isdigit():
+        per_shot = int(cubes)
+    else:
+        raise click.BadParameter(f"expected 'all' or a whole number, got {cubes!r}", param_hint="--cubes")
     try:
-        generate(out_dir, scale, seed, overwrite=overwrite, workers=workers, log=click.echo)
+        generate(out_dir, scale, seed, overwrite=overwrite, workers=workers, cubes_per_shot=per_shot, log=click.echo)
     except MockError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -252,3 +252,27 @@ def test_mock_command_errors(tmp_path):
     assert result.exit_code == 1 and "afile" in result.output
     result = runner.invoke(main, ["mock", str(tmp_path / "afile")])
     assert result.exit_code != 0 and "afile" in result.output
+    result = runner.invoke(main, ["mock", str(tmp_path / "y"), "--cubes", "some"])
+    assert result.exit_code == 2 and "--cubes" in result.output and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("per_shot", [0, 2, None])
+def test_cube_subset_is_configurable(per_shot):
+    import dataclasses
+
+    from dexdb.mock.generate import cube_targets, make_plan
+    from dexdb.mock.scales import SCALES
+
+    mock = make_plan(dataclasses.replace(SCALES["small"], cubes_per_shot=per_shot), 0, np.ones(1036))
+    targets = set(cube_targets(mock))
+    ifus, sky = mock.survey.ifus, mock.sky
+    example_obs = np.isin(sky.observations["object"], np.flatnonzero(sky.objects["example"] != b""))
+    assert set(sky.observations["ifu_index"][example_obs].tolist()) <= targets
+    per_shot_count = np.bincount(ifus["shot_index"][sorted(targets)], minlength=len(mock.survey.shots))
+    if per_shot is None:
+        assert targets == set(range(len(ifus)))
+    else:
+        n_ifu = np.bincount(ifus["shot_index"], minlength=len(mock.survey.shots))
+        examples_per_shot = np.bincount(ifus["shot_index"][sky.observations["ifu_index"][example_obs]],
+                                        minlength=len(mock.survey.shots)) > 0
+        assert (per_shot_count[~examples_per_shot] == np.minimum(per_shot, n_ifu[~examples_per_shot])).all()

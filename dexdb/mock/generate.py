@@ -7,6 +7,7 @@ shot of the row, inside an IFU of the ifu-index whose cube holds the source.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import resource
@@ -499,11 +500,20 @@ class MockError(Exception):
 
 
 def generate(out_dir: str | os.PathLike, scale: str = "tiny", seed: int = 0, *, overwrite: bool = False,
-             workers: int | None = None, log=print) -> Path:
-    """Write a mock PDR1 tree to ``out_dir``; the tree appears there only once complete."""
+             workers: int | None = None, cubes_per_shot: int | None | str = "scale", log=print) -> Path:
+    """Write a mock PDR1 tree to ``out_dir``; the tree appears there only once complete.
+
+    ``cubes_per_shot``: cubes written per shot besides the example objects' IFUs (None: every IFU);
+    by default the scale's choice.
+    """
     global _MOCK
     if scale not in SCALES:
         raise MockError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    chosen = SCALES[scale]
+    if cubes_per_shot != "scale":
+        if cubes_per_shot is not None and (not isinstance(cubes_per_shot, int) or cubes_per_shot < 0):
+            raise MockError(f"cubes per shot must be 'all' or a whole number >= 0, got {cubes_per_shot!r}")
+        chosen = dataclasses.replace(chosen, cubes_per_shot=cubes_per_shot)
     out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
         raise MockError(f"{out} exists and is not a directory")
@@ -522,7 +532,7 @@ def generate(out_dir: str | os.PathLike, scale: str = "tiny", seed: int = 0, *, 
 
     t0 = time.perf_counter()
     wdcor = write_wdcor(staging / "detect" / "wdcor.txt")
-    _MOCK = mock = make_plan(SCALES[scale], seed, wdcor)
+    _MOCK = mock = make_plan(chosen, seed, wdcor)
     log(f"plan: {len(mock.survey.shots)} shots, {len(mock.survey.ifus)} IFUs, "
         f"{len(mock.sky.observations)} HPSC2 rows, "
         f"{int(mock.sky.noise_lines.sum() + mock.sky.noise_conts.sum()) + len(mock.sky.srcdets)} detections "
