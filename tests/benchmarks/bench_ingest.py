@@ -54,17 +54,18 @@ def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
 
 
 def baseline_h5(files: list[Path], node: str, out: Path) -> None:
-    writer = None
+    """One Parquet file per source file (line and continuum tables differ in columns)."""
     for path in files:
+        writer = None
         with tables.open_file(path) as h5:
             table = h5.get_node("/", node)
             step = max(1, H5_CHUNK_BYTES // table.rowsize)
             for start in range(0, table.nrows, step):
                 chunk = arrow_table(table.read(start, min(start + step, table.nrows)))
-                writer = writer or parquet_writer(out, chunk.schema)
+                writer = writer or parquet_writer(out.with_name(f"{out.stem}-{path.stem}.parquet"), chunk.schema)
                 writer.write_table(chunk)
-    if writer:
-        writer.close()
+        if writer:
+            writer.close()
 
 
 def baseline_fits_table(path: Path, out: Path, hdu: int = 1, step: int = 65536) -> None:
