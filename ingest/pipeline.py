@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dexdb
-from dexdb.ingest import detect, detect_index, hpsc2, ifu_index
+from dexdb.ingest import detect, detect_index, hpsc2, ifu_index, source_groups
 from dexdb.ingest.hats_layout import CollectionLayout, partition_files
 from dexdb.ingest.hats_writer import write_catalog
 from dexdb.ingest.product import IngestError, Product, sha256_of
+from dexdb.sqlload import write_entry_point
 
 CONVERTERS = (ifu_index, hpsc2, detect, detect_index)
 ALL_PRODUCTS = ("ifu_index", "sources", "detinfo", "detections", "detection_spectra", "fibers", "detect_index")
@@ -88,26 +89,39 @@ def ingest(pdr1_dir: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
     version_dir = out_dir / "versions" / report.version
     version_dir.mkdir(parents=True, exist_ok=True)
     for product in products:
-        t0 = time.perf_counter()
-        if (version_dir / product.name / "collection.properties").exists():
-            rows = sum(_rows_of(f.path) for f in partition_files(version_dir / product.name))
-            report.products.append(ProductResult(product.name, rows, product.input_bytes, 0.0, skipped=True))
-            log(f"{product.name}: already complete in version {report.version}")
-            continue
-        log(f"{product.name}: from {', '.join(p.name for p in product.inputs)}")
-        info = write_catalog(product.batches(), product.spec, version_dir, workers=workers, progress=progress)
-        if info.rows != product.expected_rows:
-            shutil.rmtree(version_dir / product.name, ignore_errors=True)
-            raise IngestError(product.inputs[0], product.name,
-                              f"wrote {info.rows} rows but the source has {product.expected_rows}")
-        seconds = time.perf_counter() - t0
-        report.products.append(ProductResult(product.name, info.rows, product.input_bytes, seconds))
-        log(f"{product.name}: {info.rows:,} rows in {len(info.partitions)} partitions, {seconds:.1f} s")
+        _write_product(product, version_dir, report, workers, progress, log)
+    if any(product.name == hpsc2.SOURCES for product in products):
+        # Derived from the written sources catalog, so written after it.
+        derived = source_groups.products_from_sources(version_dir / hpsc2.SOURCES)
+        for product in derived:
+            _write_product(product, version_dir, report, workers, progress, log)
+        products = [*products, *derived]
 
     _write_manifest(version_dir, products, report)
+    write_entry_point(out_dir, [p.name for p in products])
     _publish(out_dir, report.version, [p.name for p in products])
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _write_product(product: Product, version_dir: Path, report: IngestReport, workers: int, progress: bool,
+                   log: Callable[[str], None]) -> None:
+    """Write one catalog into the version, or keep it when an earlier run completed it."""
+    t0 = time.perf_counter()
+    if (version_dir / product.name / "collection.properties").exists():
+        rows = sum(_rows_of(f.path) for f in partition_files(version_dir / product.name))
+        report.products.append(ProductResult(product.name, rows, product.input_bytes, 0.0, skipped=True))
+        log(f"{product.name}: already complete in version {report.version}")
+        return
+    log(f"{product.name}: from {', '.join(p.name for p in product.inputs)}")
+    info = write_catalog(product.batches(), product.spec, version_dir, workers=workers, progress=progress)
+    if info.rows != product.expected_rows:
+        shutil.rmtree(version_dir / product.name, ignore_errors=True)
+        raise IngestError(product.inputs[0], product.name,
+                          f"wrote {info.rows} rows but the source has {product.expected_rows}")
+    seconds = time.perf_counter() - t0
+    report.products.append(ProductResult(product.name, info.rows, product.input_bytes, seconds))
+    log(f"{product.name}: {info.rows:,} rows in {len(info.partitions)} partitions, {seconds:.1f} s")
 
 
 def _rows_of(path: Path) -> int:

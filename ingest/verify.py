@@ -8,8 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from dexdb.ingest.hats_layout import CollectionLayout, partition_files
+from dexdb.ingest.hpsc2 import SOURCES
 from dexdb.ingest.pipeline import MANIFEST, discover
 from dexdb.ingest.product import IngestError, sha256_of
+from dexdb.ingest.source_groups import GROUPS, MEMBERS
 
 
 def verify(out_dir: str | Path, pdr1_dir: str | Path | None = None) -> list[str]:
@@ -61,7 +63,12 @@ def _source_problems(manifest: dict, pdr1_dir: Path) -> list[str]:
         products = {p.name: p for p in discover(pdr1_dir)}
     except IngestError as exc:
         return [str(exc)]
-    for name, entry in sorted(manifest["products"].items()):
+    entries = manifest["products"]
+    for name, entry in sorted(entries.items()):
+        if name in (GROUPS, MEMBERS):  # derived from sources, not read from the release
+            if name == MEMBERS and SOURCES in entries and entry["rows"] != entries[SOURCES]["rows"]:
+                problems.append(f"{name}: {entry['rows']} rows, but sources has {entries[SOURCES]['rows']}")
+            continue
         product = products.get(name)
         if product is None:
             problems.append(f"{name}: its source files are no longer in {pdr1_dir}")

@@ -23,6 +23,9 @@ from dexdb.ingest.product import IngestError
 from dexdb.ingest.verify import verify
 
 
+DERIVED = {"source_groups", "source_group_members"}
+
+
 def quiet(*_):
     pass
 
@@ -46,13 +49,14 @@ def catalogs(tiny_catalogs):
 
 def test_every_product_is_published_with_source_row_counts(tiny_pdr1, catalogs):
     m = manifest(catalogs)
-    assert set(m["products"]) == set(ALL_PRODUCTS) and m["missing"] == []
+    assert set(m["products"]) == set(ALL_PRODUCTS) | DERIVED and m["missing"] == []
     main_rows = fits.getheader(tiny_pdr1 / "hetdex_source_catalog_2/hetdex_sc2_v1.5.fits", 1)["NAXIS2"]
     ifu_rows = fits.getheader(tiny_pdr1 / "ifu-index.fits", 1)["NAXIS2"]
     assert m["products"]["sources"]["rows"] == main_rows
     assert m["products"]["ifu_index"]["rows"] == ifu_rows
     con = duckdb.connect()
-    for name in ALL_PRODUCTS:
+    assert m["products"]["source_group_members"]["rows"] == main_rows
+    for name in m["products"]:
         n = con.execute(f"SELECT count(*) FROM read_parquet('{parquet_glob(catalogs, name)}')").fetchone()[0]
         assert n == m["products"][name]["rows"] > 0
 
@@ -60,7 +64,7 @@ def test_every_product_is_published_with_source_row_counts(tiny_pdr1, catalogs):
 def test_catalogs_are_valid_hats(catalogs):
     from hats.io.validation import is_valid_catalog
 
-    for name in ALL_PRODUCTS:
+    for name in (*ALL_PRODUCTS, *DERIVED):
         assert is_valid_catalog(catalogs / name / name, strict=True), name
 
 
@@ -122,7 +126,7 @@ def test_partial_release_ingests_what_is_there(tiny_pdr1, tmp_path):
     shutil.copytree(tiny_pdr1 / "hetdex_source_catalog_2", partial / "hetdex_source_catalog_2")
     lines: list[str] = []
     report = ingest(partial, tmp_path / "out", log=lines.append)
-    assert {p.name for p in report.products} == {"ifu_index", "sources", "detinfo"}
+    assert {p.name for p in report.products} == {"ifu_index", "sources", "detinfo"} | DERIVED
     assert set(report.missing) == {"detections", "detection_spectra", "fibers", "detect_index"}
     assert any(line.startswith("missing: detections") for line in lines)
 

@@ -1,0 +1,1 @@
+SELECT * FROM fof_groups('sources', 0)

@@ -1,0 +1,1 @@
+SELECT * FROM mask_bits() ORDER BY bit

@@ -1,0 +1,1 @@
+SELECT mask_bit_names(16384)

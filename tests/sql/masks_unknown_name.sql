@@ -1,0 +1,1 @@
+SELECT mask_has(3, 'BADPIXEL')

@@ -1,0 +1,1 @@
+SELECT * FROM spectrum_by_detectid('nan'::DOUBLE)

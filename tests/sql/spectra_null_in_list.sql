@@ -1,0 +1,1 @@
+SELECT * FROM spectra_by_detectid([3000000001, NULL])

@@ -1,0 +1,1 @@
+SELECT * FROM spectra_by_source_id(NULL)

@@ -1,0 +1,1 @@
+SELECT elixer_url(NULL)

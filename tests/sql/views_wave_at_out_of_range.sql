@@ -1,0 +1,1 @@
+SELECT wave_at(1036)
