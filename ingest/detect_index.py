@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
 from dexdb.ingest.detect import (
     DET_TYPES,
     SCALAR_CHUNK_ROWS,
@@ -23,23 +22,23 @@ from dexdb.ingest.detect import (
     Col,
     DetectidLedger,
     SourceTable,
-    extras_note,
     check_positions,
+    extras_note,
     inspect_table,
     open_h5,
     read_chunks,
     record_batch,
     union_schema,
 )
-from dexdb.ingest.hats_writer import CatalogSpec
+from dexdb.ingest.hats_writer import DEFAULT_PARTITION_BYTES, CatalogSpec
 from dexdb.ingest.product import HASH_MAX_BYTES, IngestError, Product, catalog_metadata
 
 log = logging.getLogger(__name__)
 
 DETECT_INDEX = "detect_index"
 INDEX_FILE = "detect_index_hdr5.h5"
-#: ~90 B per row: 40M rows are ~3.6 GB, about seven partitions.
-DETECT_INDEX_PARTITION_BYTES = 512 << 20
+#: ~90 B per row: 40M rows are ~3.6 GB, about fifteen partitions at the writer's default budget.
+DETECT_INDEX_PARTITION_BYTES = DEFAULT_PARTITION_BYTES
 
 DETECT_INDEX_COLUMNS = [
     Col("detectid", "i8"),
