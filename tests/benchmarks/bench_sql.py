@@ -59,6 +59,7 @@ import datetime
 import glob
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -89,12 +90,19 @@ HETDEX_NSIDE = 2**15
 HETDEX_PAD_ARCSEC = 6.0
 
 # The SQL under test (macros of sql/20_sky.sql, 30_spectra.sql, 50_groups.sql). {name} fields are filled in.
-MACROS = {"cone": "cone", "xmatch": "xmatch", "spectra": "spectra_by_detectid", "spectrum": "spectrum_by_detectid",
-          "fof": "fof_groups"}  # fmt: skip
+MACROS = {
+    "cone": "cone",
+    "xmatch": "xmatch",
+    "spectra": "spectra_by_detectid",
+    "spectrum": "spectrum_by_detectid",
+    "fof": "fof_groups",
+}
 CONE_SQL = "SELECT * FROM cone('detections', {ra!r}, {dec!r}, {radius!r})"
 SPECTRUM_SQL = "SELECT * FROM spectrum_by_detectid({detectid})"
 SPECTRA_LIST_SQL = "SELECT detectid, spec, spec_err FROM spectra_by_detectid({id_list})"
-SPECTRA_TABLE_SQL = "SELECT detectid, spec, spec_err FROM spectra_by_detectid((SELECT list(detectid ORDER BY ord) FROM bench_ids))"
+SPECTRA_TABLE_SQL = (
+    "SELECT detectid, spec, spec_err FROM spectra_by_detectid((SELECT list(detectid ORDER BY ord) FROM bench_ids))"
+)
 XMATCH_SQL = "SELECT pos_id, detectid, dist_arcsec FROM xmatch('bench_positions', 'detections', {radius!r})"
 XMATCH_NEAREST_SQL = (
     "SELECT pos_id, detectid, dist_arcsec FROM xmatch('bench_positions', 'detections', {radius!r}, nearest := true)"
@@ -195,7 +203,9 @@ def cli_timer(cmd: list[str], queries: dict[str, str], runs: int) -> dict[str, d
     lines = [f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}';", ".mode trash", ".timer on"]
     for sql in queries.values():
         lines += [sql.rstrip(";") + ";"] * (1 + runs)
-    proc = subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, env=cli_env())
+    proc = subprocess.run(
+        cmd, input="\n".join(lines) + "\n", capture_output=True, text=True, env=cli_env(), check=False
+    )
     times = [float(t) for t in _CLI_TIME.findall(proc.stdout + proc.stderr)]
     if proc.returncode != 0 or len(times) != len(queries) * (1 + runs):
         message = (proc.stderr or proc.stdout).strip().splitlines()
@@ -211,7 +221,7 @@ def cli_wall(cmd: list[str], sql: str) -> float:
     started = time.perf_counter()
     proc = subprocess.run(
         [*cmd, "-cmd", f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'", "-c", sql],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(), check=False,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
@@ -235,7 +245,6 @@ def load_detection_positions(out: Path):
     file with pyarrow so that no second copy of 21M rows is held by a query engine."""
     import numpy as np
     import pyarrow.parquet as pq
-
     from dexdb.ingest.hats_layout import partition_files
 
     files = [f.path for f in partition_files(out / "detections")]
@@ -451,8 +460,12 @@ def cone_pytables(cfg: dict) -> list[dict]:
                 HETDEX_NSIDE, hp.ang2vec(ra, dec, lonlat=True), np.radians((radius + HETDEX_PAD_ARCSEC) / 3600.0)
             ).size
             rows.append(
-                row(cone_label(radius), "PyTables `read_where` per pixel (hetdex_api)", measure(run, cfg["runs"]),
-                    note=f"{n_pixels:,} Nside-32768 pixels")  # fmt: skip
+                row(
+                    cone_label(radius),
+                    "PyTables `read_where` per pixel (hetdex_api)",
+                    measure(run, cfg["runs"]),
+                    note=f"{n_pixels:,} Nside-32768 pixels",
+                )
             )
     return rows
 
@@ -462,6 +475,7 @@ def cone_lsdb(cfg: dict) -> list[dict]:
 
     ra, dec = cfg["cone_centre"]
     path = Path(cfg["out"]) / "detections"
+
     def open_only():
         lsdb.open_catalog(path)
         return 1
@@ -475,8 +489,12 @@ def cone_lsdb(cfg: dict) -> list[dict]:
             return len(catalog.cone_search(ra, dec, radius).compute(progress_bar=False))
 
         rows.append(
-            row(cone_label(radius), "lsdb `cone_search`", measure(run, cfg["runs"]),
-                note=f"open_catalog once, {opened['median_s'] * 1000:.0f} ms")  # fmt: skip
+            row(
+                cone_label(radius),
+                "lsdb `cone_search`",
+                measure(run, cfg["runs"]),
+                note=f"open_catalog once, {opened['median_s'] * 1000:.0f} ms",
+            )
         )
     return rows
 
@@ -519,8 +537,12 @@ def spectra_sql(cfg: dict) -> list[dict]:
         return int(np.isfinite(spec[:, 0]).sum())
 
     rows.append(
-        row("1,000 spectra → numpy (1000, 1036)", "SQL `spectra_by_detectid([...])`, Python", measure(run_list, runs),
-            note="list literal; spec + spec_err; rows = ids found")  # fmt: skip
+        row(
+            "1,000 spectra → numpy (1000, 1036)",
+            "SQL `spectra_by_detectid([...])`, Python",
+            measure(run_list, runs),
+            note="list literal; spec + spec_err; rows = ids found",
+        )
     )
     explain(con, by_list, work, "spectra_1000_list")
 
@@ -529,12 +551,16 @@ def spectra_sql(cfg: dict) -> list[dict]:
 
     def run_table():
         spec, err = spectra_arrays(con.sql(SPECTRA_TABLE_SQL).to_arrow_table())
-        assert spec.shape == (N_SPECTRA, N_WAVE)
+        assert spec.shape == (N_SPECTRA, N_WAVE) and err.shape == spec.shape
         return int(np.isfinite(spec[:, 0]).sum())
 
     rows.append(
-        row("1,000 spectra → numpy (1000, 1036)", "SQL `spectra_by_detectid((SELECT list(...)))`, Python",
-            measure(run_table, runs), note="ids in a temp table")  # fmt: skip
+        row(
+            "1,000 spectra → numpy (1000, 1036)",
+            "SQL `spectra_by_detectid((SELECT list(...)))`, Python",
+            measure(run_table, runs),
+            note="ids in a temp table",
+        )
     )
     explain(con, SPECTRA_TABLE_SQL, work, "spectra_1000_table")
     return rows
@@ -697,8 +723,12 @@ def xmatch_lsdb(cfg: dict) -> list[dict]:
             return len(matched.compute(progress_bar=False))
 
         rows.append(
-            row(query, f"lsdb `from_dataframe` + `crossmatch`, {label}", measure(run, cfg["runs"]),
-                note=f"n_neighbors={neighbours}")  # fmt: skip
+            row(
+                query,
+                f"lsdb `from_dataframe` + `crossmatch`, {label}",
+                measure(run, cfg["runs"]),
+                note=f"n_neighbors={neighbours}",
+            )
         )
     return rows
 
@@ -739,8 +769,12 @@ def groups_ingest(cfg: dict) -> list[dict]:
         return written
 
     try:
-        whole = row(query, "`source_groups`: products + `write_catalog` of both", measure(write_all, cfg["runs"]),
-                    note="written to the work directory; rows = groups + members")  # fmt: skip
+        whole = row(
+            query,
+            "`source_groups`: products + `write_catalog` of both",
+            measure(write_all, cfg["runs"]),
+            note="written to the work directory; rows = groups + members",
+        )
     except Exception as exc:  # noqa: BLE001
         whole = failed(query, "`source_groups`: products + `write_catalog` of both", exc)
     finally:
@@ -815,9 +849,13 @@ def groups_greedy(cfg: dict) -> list[dict]:
         per_row[n] = result["median_s"] / n
         quadratic = result["median_s"] * (n_all / n) ** 2
         rows.append(
-            row(f"{query}, {n:,} rows nearest the group centre", "astropy `separation` per row (PDR1 notes)", result,
+            row(
+                f"{query}, {n:,} rows nearest the group centre",
+                "astropy `separation` per row (PDR1 notes)",
+                result,
                 note=f"rows = groups; × ({n_all:,}/{n:,})² = {fmt_time(quadratic)}",
-                extrapolated_s=quadratic)  # fmt: skip
+                extrapolated_s=quadratic,
+            )
         )
     # One row against every row: the loop's per-row cost at full size.
     one = measure(lambda: int((everything[0].separation(everything) < linking).sum()), cfg["runs"])
@@ -825,10 +863,16 @@ def groups_greedy(cfg: dict) -> list[dict]:
     slope = (t2 - t1) / (n2 - n1)  # per-row cost = a + b n, from the two subsets
     fitted = n_all * (t1 + slope * (n_all - n1))
     rows.append(
-        row(f"{query}, 1 row against all {n_all:,}", "astropy `separation` per row (PDR1 notes)", one,
-            note=(f"× {n_all:,} rows = {fmt_time(one['median_s'] * n_all)}; per-row cost a + b·n fitted on "
-                  f"the subsets, × {n_all:,} rows = {fmt_time(fitted)}"),
-            extrapolated_s=one["median_s"] * n_all)  # fmt: skip
+        row(
+            f"{query}, 1 row against all {n_all:,}",
+            "astropy `separation` per row (PDR1 notes)",
+            one,
+            note=(
+                f"× {n_all:,} rows = {fmt_time(one['median_s'] * n_all)}; per-row cost a + b·n fitted on "
+                f"the subsets, × {n_all:,} rows = {fmt_time(fitted)}"
+            ),
+            extrapolated_s=one["median_s"] * n_all,
+        )
     )
     return rows
 
@@ -879,7 +923,7 @@ def run_section(name: str, config_path: Path) -> tuple[object, float, float]:
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", name, "--config", str(config_path)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, text=True, check=False,
     )  # fmt: skip
     marked = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT_MARK)]
     if not marked:
@@ -930,7 +974,7 @@ def judge(rows: list[dict]) -> None:
         if factor is not None:
             r["goal"] = (r.get("goal", "") + "; " if r.get("goal") else "") + text
             ok = speedup >= factor
-            r["verdict"] = ("met" if ok and r.get("verdict", "met") == "met" else "missed")
+            r["verdict"] = "met" if ok and r.get("verdict", "met") == "met" else "missed"
 
     for r in rows:
         if "median_s" not in r:
@@ -961,7 +1005,7 @@ def judge(rows: list[dict]) -> None:
 
 
 def fmt_time(seconds) -> str:
-    if seconds is None or seconds != seconds:
+    if seconds is None or math.isnan(seconds):
         return ""
     if seconds >= 3600:
         return f"{seconds / 3600:,.1f} h"
@@ -982,11 +1026,13 @@ def markdown(rows: list[dict], header: dict) -> str:
     lines = [
         f"### {header['date']}, scale `{header['scale']}`",
         "",
-        f"Data: {header['counts_text']}. {header['machine']}. Load average (1/5/15 min) at start "
-        f"{header['load_start']}, at end {header['load_end']}. {header['versions']}. "
-        f"Median of {header['runs']} runs after one warm-up run (\"first\"); DuckDB memory_limit "
-        f"{DUCKDB_MEMORY_LIMIT}, default threads. Cone centre {header['cone_centre']}; grouping centre "
-        f"{header['group_centre']}; seed {header['seed']}. SQL: {header['sql_code']}. Total {header['total']}.",
+        (
+            f"Data: {header['counts_text']}. {header['machine']}. Load average (1/5/15 min) at start "
+            f"{header['load_start']}, at end {header['load_end']}. {header['versions']}. "
+            f'Median of {header["runs"]} runs after one warm-up run ("first"); DuckDB memory_limit '
+            f"{DUCKDB_MEMORY_LIMIT}, default threads. Cone centre {header['cone_centre']}; grouping centre "
+            f"{header['group_centre']}; seed {header['seed']}. SQL: {header['sql_code']}. Total {header['total']}."
+        ),
         "",
         "Ratios in the notes: the other method's median divided by this row's (above 1: this row is faster).",
         "",
@@ -1023,8 +1069,10 @@ def append_results(block: str) -> None:
 def sql_note(cfg: dict, out: Path) -> str:
     text = f"code digest {cfg['sql_code']}"
     if cfg.get("cli_entry"):
-        text += (" (`OUT/dexdb.sql`, written at ingest, has older macros: the CLI ran the launcher's command "
-                 "with an entry point regenerated from `sql/`)")  # fmt: skip
+        text += (
+            " (`OUT/dexdb.sql`, written at ingest, has older macros: the CLI ran the launcher's command "
+            "with an entry point regenerated from `sql/`)"
+        )
     else:
         text += " (the CLI ran `OUT/dexdb-shell`)"
     if (now := sql_digest(out.absolute())) != cfg["sql_code"]:
@@ -1036,7 +1084,7 @@ def versions() -> str:
     import duckdb
 
     try:
-        cli = subprocess.run(["duckdb", "--version"], capture_output=True, text=True).stdout.split()[0]
+        cli = subprocess.run(["duckdb", "--version"], capture_output=True, text=True, check=False).stdout.split()[0]
     except (OSError, IndexError):
         cli = "?"
     import astropy
@@ -1080,8 +1128,13 @@ def main() -> None:
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_sql."))
     work.mkdir(parents=True, exist_ok=True)
-    cfg = {"out": str(args.out.absolute()), "pdr1": str(args.pdr1.absolute()), "runs": args.runs,
-           "seed": args.seed, "work": str(work.absolute())}  # fmt: skip
+    cfg = {
+        "out": str(args.out.absolute()),
+        "pdr1": str(args.pdr1.absolute()),
+        "runs": args.runs,
+        "seed": args.seed,
+        "work": str(work.absolute()),
+    }
     config_path = work / "config.json"
     config_path.write_text(json.dumps(cfg))
     rss = {}
@@ -1099,8 +1152,8 @@ def main() -> None:
                 print(f"[bench_sql] {name}: {seconds:.0f} s, peak RSS {rss[name]:.2f} GiB", file=sys.stderr, flush=True)
                 rows += result
         judge(rows)
-        order = {g: i for i, g in enumerate(["cone 3\"", "cone 37\"", "cone 0.5°"])}
-        rows.sort(key=lambda r: (order.get(r["query"], 99) if r["query"].startswith("cone") else 50))
+        order = {g: i for i, g in enumerate(['cone 3"', 'cone 37"', "cone 0.5°"])}
+        rows.sort(key=lambda r: order.get(r["query"], 99) if r["query"].startswith("cone") else 50)
         load_end = os.getloadavg()
         counts = cfg["counts"]
         header = {
