@@ -46,3 +46,4 @@ def run_demo(work_dir: Path, seed: int = 0, log: Callable[[str], None] = print) 
         params={"ra": ra, "dec": dec},
     ).filter("dist_arcsec < 1.5")))
     log(f"Catalogs are in {catalogs}; check them with: dexdb verify {catalogs} {pdr1}")
+    log(f"Open them in the DuckDB shell (views and macros loaded): {catalogs / 'dexdb-shell'}")
