@@ -1,28 +1,13 @@
-"""The ``dexdb`` command line."""
+"""Commands that build and check catalogs: ``mock``, ``ingest``, ``verify``, ``demo``."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from dexdb import __version__
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="dexdb")
-def main() -> None:
-    """dexdb: HETDEX PDR1 as HEALPix-partitioned Parquet, queried with DuckDB.
-
-    \b
-    Start here:
-      dexdb demo                      # mock release -> summary, in ./dexdb-demo
-      dexdb mock pdr1 --scale small   # a mock PDR1 tree to experiment with
-    """
-
-
-@main.command()
+@click.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--scale", type=click.Choice(["tiny", "small", "medium", "large"]), default="tiny", show_default=True,
               help="tiny: seconds, all cubes; large: the benchmark scale (~30 GB).")
@@ -62,7 +47,7 @@ def mock(out_dir: Path, scale: str, seed: int, overwrite: bool, workers: int | N
         raise click.ClickException(str(exc)) from exc
 
 
-@main.command()
+@click.command()
 @click.argument("pdr1_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
@@ -91,7 +76,7 @@ def ingest(pdr1_dir: Path, out_dir: Path, workers: int, progress: bool) -> None:
     click.echo(f"published version {report.version} in {report.out_dir} ({report.seconds:.1f} s)")
 
 
-@main.command()
+@click.command()
 @click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("pdr1_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
 def verify(out_dir: Path, pdr1_dir: Path | None) -> None:
@@ -112,7 +97,7 @@ def verify(out_dir: Path, pdr1_dir: Path | None) -> None:
     click.echo(f"{out_dir}: all catalogs intact")
 
 
-@main.command()
+@click.command()
 @click.argument("work_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("dexdb-demo"))
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(work_dir: Path, seed: int) -> None:
@@ -133,5 +118,4 @@ def demo(work_dir: Path, seed: int) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+commands = [mock, ingest, verify, demo]
