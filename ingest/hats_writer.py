@@ -81,6 +81,7 @@ from dexdb.ingest.hats_layout import (
     partition_file,
     partition_files,
     write_dataset_metadata,
+    write_partition_bounds,
     write_partition_info,
     write_properties,
 )
@@ -369,6 +370,7 @@ def _finish_healpix_catalog(catalog_dir: Path, schema: pa.Schema, pixels, proper
     dataset.mkdir(parents=True, exist_ok=True)
     pixels = sorted(pixels, key=lambda op: nested_sort_key(*op))
     write_partition_info(catalog_dir, pixels)
+    write_partition_bounds(catalog_dir, pixels, properties["hats_col_ra"], properties["hats_col_dec"])
     write_dataset_metadata(dataset, schema, [partition_file(catalog_dir, order, pixel) for order, pixel in pixels])
     properties["hats_estsize"] = directory_kbytes(catalog_dir)
     write_properties(catalog_dir / CATALOG_PROPERTIES, properties | _provenance())

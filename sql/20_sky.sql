@@ -13,9 +13,9 @@
 --
 -- Degrees unless a name says arcsec; radius_arcsec lies in (0, 36000] (10 deg). `catalog` is a view
 -- name of 10_views.sql, which is also its directory: the catalog macros read its
--- partition_info.csv and join its hive columns Norder and Npix. Positions are the columns ra/dec
--- (any case; RA/DEC of sources) or, in ifu_index, ra_cen/dec_cen. `tbl` names a table, view, CTE or
--- file with columns ra and dec. cone and cubes_at take constants; xmatch and cubes_covering are the
+-- partition_bounds.parquet (cone) or partition_info.csv (xmatch) and join its hive columns Norder
+-- and Npix. Positions are the columns ra/dec (any case; RA/DEC of sources) or, in ifu_index,
+-- ra_cen/dec_cen. `tbl` names a table, view, CTE or file with columns ra and dec. cone and cubes_at take constants; xmatch and cubes_covering are the
 -- ways to search for many positions. Bad arguments raise an error that names the macro and argument.
 --
 -- Conventions: macros named _sky_* are building blocks, and so are the columns and CTEs named _sky_*
@@ -63,7 +63,7 @@ END;
 -- value once the error terms are 0. Unlike value + terms, a NULL constant value cannot fold the terms away.
 CREATE OR REPLACE TEMP MACRO _sky_checked(value, error_terms) AS CASE WHEN error_terms = 0 THEN value END;
 
--- '' once the error terms are 0. The catalog macros append it to the partition_info.csv path: table
+-- '' once the error terms are 0. The catalog macros append it to the partition table's path: table
 -- function arguments are evaluated while the query is bound, so a bad constant argument fails there,
 -- before anything is read, and no optimisation of an empty result can skip the check.
 CREATE OR REPLACE TEMP MACRO _sky_checked_at_bind(error_terms) AS _sky_checked('', error_terms);
@@ -277,11 +277,13 @@ JOIN _sky_ancestors a
   ON a.m = least(order_k, p.Norder) AND a.pixel = p.Npix >> (2 * (p.Norder - least(order_k, p.Norder)));
 
 -- ---------------------------------------------------------------------------------------------------
--- Cone search. Pruning: partitions through the cells of the centre (above). Parquet row groups through
--- the _healpix_29 span of those cells, which DuckDB pushes into the scan as a filter from the join, and
--- through a Dec band and an RA window that fold to constants. The RA window opens to all RA when the
--- cone reaches a pole, and its copies shifted by +-360 deg cover RA 0/360. The 1e-9 deg slack keeps
--- rows at exactly the radius inside despite rounding.
+-- Cone search. Pruning: partitions through the RA/Dec boxes of partition_bounds.parquet, a small
+-- table joined on the view's hive columns, so DuckDB opens no other partition file; Parquet row
+-- groups through a Dec band and an RA window on the rows, which fold to constants and meet the row
+-- groups' statistics (rows are sorted by _healpix_29, so a row group covers a compact patch). The RA
+-- window opens to all RA when the cone reaches a pole, and its copies shifted by +-360 deg cover RA
+-- 0/360. The 1e-9 deg slack keeps rows at exactly the radius inside despite rounding. No HEALPix
+-- arithmetic: a cone takes a few milliseconds to plan.
 
 CREATE OR REPLACE TEMP MACRO _sky_ra_half_width(dec_deg, radius_arcsec) AS
 CASE
@@ -294,30 +296,29 @@ _sky_ra_0_360(ra_deg) - _sky_ra_half_width(dec_deg, radius_arcsec);
 CREATE OR REPLACE TEMP MACRO _sky_ra_high(ra_deg, dec_deg, radius_arcsec) AS
 _sky_ra_0_360(ra_deg) + _sky_ra_half_width(dec_deg, radius_arcsec);
 
+-- Whether [low, high] (RA in deg, possibly beyond 0..360) meets [first, last] or its copies shifted by 360.
+CREATE OR REPLACE TEMP MACRO _sky_ra_overlaps(first, last, low, high) AS
+(last >= low AND first <= high) OR (last >= low + 360 AND first <= high + 360)
+OR (last >= low - 360 AND first <= high - 360);
+
 CREATE OR REPLACE TEMP MACRO _sky_cone(catalog, ra_deg, dec_deg, radius_arcsec, caller) AS TABLE
-WITH _sky_centre AS (
-    SELECT ra_deg::DOUBLE AS _sky_ra, dec_deg::DOUBLE AS _sky_dec
-), _sky_cover AS (
-    SELECT _sky_cell FROM _sky_cells('_sky_centre', _sky_cell_order(radius_arcsec))
-), _sky_parts AS (
-    SELECT * FROM _sky_partitions(catalog, '_sky_cover', _sky_cell_order(radius_arcsec), _sky_checked_at_bind(
+WITH _sky_parts AS (
+    SELECT Norder, Npix
+    FROM read_parquet(catalog || '/' || catalog || '/partition_bounds.parquet' || _sky_checked_at_bind(
         _sky_position_error(ra_deg, dec_deg, caller) + _sky_radius_error(radius_arcsec, caller)))
+    WHERE dec_max >= dec_deg - radius_arcsec / 3600e0 - 1e-9 AND dec_min <= dec_deg + radius_arcsec / 3600e0 + 1e-9
+      AND _sky_ra_overlaps(ra_min, ra_max, _sky_ra_low(ra_deg, dec_deg, radius_arcsec),
+                           _sky_ra_high(ra_deg, dec_deg, radius_arcsec))
 ), _sky_rows AS (
     SELECT *, COLUMNS('(?i)^(ra|ra_cen)$')::DOUBLE AS _sky_row_ra, COLUMNS('(?i)^(dec|dec_cen)$')::DOUBLE AS _sky_row_dec
     FROM query_table(catalog)
 ), _sky_window AS (
     SELECT r.*, _sky_dist_arcsec(ra_deg::DOUBLE, dec_deg::DOUBLE, r._sky_row_ra, r._sky_row_dec) AS dist_arcsec
     FROM _sky_rows r
-    JOIN _sky_parts p
-      ON r.Norder = p.Norder AND r.Npix = p.Npix
-     AND r._healpix_29 BETWEEN p.first_cell << (58 - 2 * _sky_cell_order(radius_arcsec))
-                           AND (p.last_cell + 1 << (58 - 2 * _sky_cell_order(radius_arcsec))) - 1
+    JOIN _sky_parts p ON r.Norder = p.Norder AND r.Npix = p.Npix
     WHERE r._sky_row_dec BETWEEN dec_deg - radius_arcsec / 3600e0 - 1e-9 AND dec_deg + radius_arcsec / 3600e0 + 1e-9
-      AND (r._sky_row_ra BETWEEN _sky_ra_low(ra_deg, dec_deg, radius_arcsec) AND _sky_ra_high(ra_deg, dec_deg, radius_arcsec)
-           OR r._sky_row_ra BETWEEN _sky_ra_low(ra_deg, dec_deg, radius_arcsec) + 360
-                                AND _sky_ra_high(ra_deg, dec_deg, radius_arcsec) + 360
-           OR r._sky_row_ra BETWEEN _sky_ra_low(ra_deg, dec_deg, radius_arcsec) - 360
-                                AND _sky_ra_high(ra_deg, dec_deg, radius_arcsec) - 360)
+      AND _sky_ra_overlaps(r._sky_row_ra, r._sky_row_ra, _sky_ra_low(ra_deg, dec_deg, radius_arcsec),
+                           _sky_ra_high(ra_deg, dec_deg, radius_arcsec))
 )
 SELECT * EXCLUDE (_sky_row_ra, _sky_row_dec)
 FROM _sky_window
