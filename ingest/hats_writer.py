@@ -377,13 +377,18 @@ def _finish_healpix_catalog(catalog_dir: Path, schema: pa.Schema, pixels, proper
 
 
 def _write_index(catalog_dir: Path, id_field: pa.Field, index_dir: Path, catalog_name: str, temp_dir: Path) -> None:
-    """``(id, Norder, Npix)`` for every distinct pair, sorted; DuckDB sorts out of core when it must."""
+    """``(id, Norder, Npix, _healpix_29)`` for every distinct row, sorted; DuckDB sorts out of core when it must.
+
+    ``_healpix_29`` lets a lookup by id meet the partition's row-group statistics: rows are sorted by
+    it, so ``_healpix_29 = v`` leaves one row group to decode (the id alone is unsorted and prunes none).
+    """
     dataset = index_dir / "dataset"
     dataset.mkdir(parents=True)
-    schema = pa.schema([id_field, pa.field("Norder", pa.int64()), pa.field("Npix", pa.int64())])
+    schema = pa.schema([id_field, pa.field("Norder", pa.int64()), pa.field("Npix", pa.int64()),
+                        pa.field(HEALPIX_COLUMN, pa.int64())])
     files = sorted(str(p) for p in (catalog_dir / "dataset").glob("Norder=*/Dir=*/Npix=*/*.parquet"))
     query = f"""
-        SELECT DISTINCT "{id_field.name}", Norder, Npix
+        SELECT DISTINCT "{id_field.name}", Norder, Npix, {HEALPIX_COLUMN}
         FROM read_parquet($files, hive_partitioning = true, hive_types = {{'Norder': BIGINT, 'Npix': BIGINT}})
         WHERE "{id_field.name}" IS NOT NULL
         ORDER BY ALL

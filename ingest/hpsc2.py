@@ -1,12 +1,17 @@
-"""HETDEX Source Catalog 2 -> the ``sources`` and ``detinfo`` catalogs (data model section 2).
+"""HETDEX Source Catalog 2 -> the ``sources``, ``source_spectra`` and ``detinfo`` catalogs (data model section 2).
 
-``sources``: every column of the main table ``hetdex_sc2_vX.Y.fits`` plus each row's spectrum and
-error, ``spec`` / ``spec_err`` (FixedSizeList<float32>[1036], per Angstrom as stored), from the
-spectra file ``hetdex_sc2_spec_vX.Y.fits``. That file is ~10 GB and wavelength-major (row i's
-spectrum is ``SPEC[:, i]``, 1036 values N apart), so spectra are read a block of catalog rows at a
-time: one contiguous run per wavelength, transposed in memory. Its INFO table must match the main
-table row by row (source_id, detectid). Without the spectra file, ``sources`` has no spectrum
-columns; without the main table, its columns come from INFO.
+``sources``: every column of the main table ``hetdex_sc2_vX.Y.fits`` (without the main table, of the
+spectra file's INFO table, its copy).
+
+``source_spectra``: per main-table row its ``source_id``, ``detectid``, ``RA``, ``DEC`` and spectrum and
+error, ``spec`` / ``spec_err`` (FixedSizeList<float32>[1036], per Angstrom as stored), from the spectra
+file ``hetdex_sc2_spec_vX.Y.fits``. A sibling catalog joined by ``source_id`` rather than columns of
+``sources``: spectra need row groups of ~100 rows to fetch one cheaply, scalar scans want ~100k-row
+groups, and the benchmark in tests/benchmarks/RESULTS.md measured scalar queries 4-16x faster apart at
+equal spectrum access and size. The file is ~10 GB and wavelength-major (row i's spectrum is
+``SPEC[:, i]``, 1036 values N apart), so spectra are read a block of catalog rows at a time: one
+contiguous run per wavelength, transposed in memory. Its INFO table must match the main table row by
+row (source_id, detectid).
 
 ``detinfo``: every column of ``hetdex_sc2_detinfo_vX.Y.fits``.
 
@@ -38,6 +43,7 @@ from dexdb.ingest.hats_writer import CatalogSpec
 from dexdb.ingest.product import HASH_MAX_BYTES, Product, catalog_metadata
 
 SOURCES = "sources"
+SOURCE_SPECTRA = "source_spectra"
 DETINFO = "detinfo"
 CATALOG_DIR = "hetdex_source_catalog_2"
 _FILE_PATTERNS = {
@@ -50,13 +56,14 @@ _FILE_PATTERNS = {
 # run per wavelength and image; detinfo rows are ~350 bytes.
 SOURCES_CHUNK_ROWS = 16_384
 DETINFO_CHUNK_ROWS = 65_536
-# ~1k rows of two spectra = ~8.5 MB per row group: one spectrum by id decodes a single small group.
-SOURCES_ROW_GROUP_ROWS = 1_024
+# One spectrum by id decodes one row group (see detect.SPECTRA_ROW_GROUP_ROWS for the measurement).
+SOURCE_SPECTRA_ROW_GROUP_ROWS = 128
 DETINFO_ROW_GROUP_ROWS = 32_768
-# Partition budgets (Arrow bytes): 256 MiB is ~30k sources with spectra (~200 MB on disk after
-# zstd + byte-stream-split) and bounds what each writer worker holds; the 1.1 GB detinfo table
-# splits into about a dozen 128 MiB partitions.
-SOURCES_PARTITION_BYTES = 256 << 20
+# Partition budgets (Arrow bytes): 256 MiB is ~30k spectra pairs (~200 MB on disk after zstd +
+# byte-stream-split) and bounds what each writer worker holds; the scalar sources table (~1 GB) and
+# the 1.1 GB detinfo table split into about a dozen 128 MiB partitions.
+SOURCE_SPECTRA_PARTITION_BYTES = 256 << 20
+SOURCES_PARTITION_BYTES = 128 << 20
 DETINFO_PARTITION_BYTES = 128 << 20
 
 WAVELENGTH_GRID = "3470 + 2k Angstrom, k=0..1035, air"
@@ -79,6 +86,8 @@ MAIN_OPTIONAL = {
 # catalog depends on are required; every other column passes through whatever its kind.
 DETINFO_REQUIRED = {"source_id": "i", "source_name": "S", "detectid": "i", "shotid": "i", "RA": "f", "DEC": "f"}
 SPECTRUM_COLUMNS = {"spec": "SPEC", "spec_err": "SPEC_ERR"}
+# The columns source_spectra carries beside the spectra: the join key, the detection, the position.
+SPECTRA_KEY_COLUMNS = ("source_id", "detectid", "RA", "DEC")
 
 BAD_VALUES_NOTE = (
     "Bad values are kept as in the source file: -999 (floats; some rows hold NaN instead, as the v1.4+ "
@@ -94,7 +103,7 @@ def products(
     sources_chunk_rows: int = SOURCES_CHUNK_ROWS,
     detinfo_chunk_rows: int = DETINFO_CHUNK_ROWS,
 ) -> list[Product]:
-    """``sources`` and ``detinfo`` from the HPSC2 files present. Inputs of at most ``hash_max_bytes`` are
+    """``sources``, ``source_spectra`` and ``detinfo`` from the HPSC2 files present. Inputs of at most ``hash_max_bytes`` are
     hashed into the metadata, larger ones (the spectra file) recorded by size and mtime (see
     :func:`~dexdb.ingest.product.catalog_metadata`)."""
     pdr1_dir = Path(pdr1_dir)
@@ -102,6 +111,8 @@ def products(
     found = []
     if files["main"] or files["spec"]:
         found.append(_sources(pdr1_dir, files, hash_max_bytes, sources_chunk_rows))
+    if files["spec"]:
+        found.append(_source_spectra(pdr1_dir, files, hash_max_bytes, sources_chunk_rows))
     if files["detinfo"]:
         found.append(_detinfo(pdr1_dir, files, hash_max_bytes, detinfo_chunk_rows))
     return found
@@ -130,30 +141,21 @@ def _sources(pdr1_dir: Path, files: dict[str, dict[str, Path]], hash_max_bytes: 
     version = _highest(files["main"] or files["spec"])
     main_path = files["main"].get(version)
     spec_path = files["spec"].get(version)
-    inputs = [p for p in (main_path, spec_path) if p is not None]
     with ExitStack() as stack:
-        opened = _SourceFiles(stack, main_path, spec_path)
-        units = opened.table.units
-        nrows = opened.table.nrows
-        spectrum_unit = opened.spectrum_unit
+        opened = _SourceFiles(stack, main_path, spec_path if main_path is None else None)
+        units, nrows, input_path = opened.table.units, opened.table.nrows, opened.table.file.path
 
     notes = [
         f"HPSC2 v{version}.",
         BAD_VALUES_NOTE,
         STRINGS_NOTE,
         "source_id is unique; source_name repeats over the observations of one source.",
+        f"Spectra are in the sibling catalog {SOURCE_SPECTRA}, joined by source_id.",
     ]
-    fields = {"hpsc2_version": version}
-    if spec_path is not None:
-        units |= dict.fromkeys(SPECTRUM_COLUMNS, spectrum_unit)
-        fields |= {"wavelength": WAVELENGTH_GRID, "spectrum_unit": spectrum_unit}
-        notes.append(
-            f"spec / spec_err: SPEC[:, i] / SPEC_ERR[:, i] of {spec_path.name} as stored: per Angstrom "
-            f"({spectrum_unit}), dust-corrected, PSF-extracted, aperture-corrected, on {WAVELENGTH_GRID}."
-        )
-    else:
-        notes.append(f"No spectra file hetdex_sc2_spec_v{version}.fits was present: no spec / spec_err columns.")
-    metadata = catalog_metadata(pdr1_dir, inputs, units, notes, hash_max_bytes=hash_max_bytes, **fields)
+    if main_path is None:
+        notes.append(f"No main table hetdex_sc2_v{version}.fits was present: columns from INFO of {spec_path.name}.")
+    metadata = catalog_metadata(pdr1_dir, [input_path], units, notes, hash_max_bytes=hash_max_bytes,
+                                hpsc2_version=version)
     spec = CatalogSpec(
         name=SOURCES,
         ra_column="RA",
@@ -161,12 +163,44 @@ def _sources(pdr1_dir: Path, files: dict[str, dict[str, Path]], hash_max_bytes: 
         sort_tiebreak="source_id",
         id_columns=("source_id", "detectid", "source_name"),
         partition_bytes=SOURCES_PARTITION_BYTES,
-        row_group_rows=SOURCES_ROW_GROUP_ROWS,
         metadata=metadata,
     )
-    batches = partial(_source_batches, main_path, spec_path, chunk_rows)
-    input_bytes = sum(p.stat().st_size for p in inputs)
-    return Product(spec, inputs, batches, expected_rows=nrows, input_bytes=input_bytes, notes=notes)
+    batches = partial(_source_batches, main_path, spec_path if main_path is None else None, chunk_rows)
+    return Product(spec, [input_path], batches, expected_rows=nrows, input_bytes=input_path.stat().st_size,
+                   notes=notes)
+
+
+def _source_spectra(pdr1_dir: Path, files: dict[str, dict[str, Path]], hash_max_bytes: int,
+                    chunk_rows: int) -> Product:
+    version = _highest(files["spec"])
+    main_path = files["main"].get(version)
+    spec_path = files["spec"][version]
+    with ExitStack() as stack:
+        opened = _SourceFiles(stack, main_path, spec_path)
+        units = {name: opened.info.units.get(name, "") for name in SPECTRA_KEY_COLUMNS}
+        units |= dict.fromkeys(SPECTRUM_COLUMNS, opened.spectrum_unit)
+        nrows, spectrum_unit = opened.info.nrows, opened.spectrum_unit
+    notes = [
+        f"HPSC2 v{version}.",
+        f"One row per row of {SOURCES}: {', '.join(SPECTRA_KEY_COLUMNS)} from INFO of {spec_path.name}.",
+        f"spec / spec_err: SPEC[:, i] / SPEC_ERR[:, i] of {spec_path.name} as stored: per Angstrom "
+        f"({spectrum_unit}), dust-corrected, PSF-extracted, aperture-corrected, on {WAVELENGTH_GRID}.",
+    ]
+    metadata = catalog_metadata(pdr1_dir, [spec_path], units, notes, hash_max_bytes=hash_max_bytes,
+                                hpsc2_version=version, wavelength=WAVELENGTH_GRID, spectrum_unit=spectrum_unit)
+    spec = CatalogSpec(
+        name=SOURCE_SPECTRA,
+        ra_column="RA",
+        dec_column="DEC",
+        sort_tiebreak="source_id",
+        id_columns=("source_id",),
+        partition_bytes=SOURCE_SPECTRA_PARTITION_BYTES,
+        row_group_rows=SOURCE_SPECTRA_ROW_GROUP_ROWS,
+        metadata=metadata,
+    )
+    inputs = [p for p in (spec_path, main_path) if p is not None]
+    batches = partial(_spectra_batches, main_path, spec_path, chunk_rows)
+    return Product(spec, inputs, batches, expected_rows=nrows, input_bytes=spec_path.stat().st_size, notes=notes)
 
 
 class _SourceFiles:
@@ -218,27 +252,36 @@ def _spectra_image(file: FitsFile, extname: str, rows: int) -> FitsImage:
     return image
 
 
-def _source_batches(main_path: Path | None, spec_path: Path | None, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+def _source_batches(main_path: Path | None, info_path: Path | None, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    """The rows of the main table, or of INFO in ``info_path`` when there is no main table."""
     # Reopened (and re-checked) here: the stream may start long after products() looked.
     with ExitStack() as stack:
-        files = _SourceFiles(stack, main_path, spec_path)
-        table = files.table
+        table = _SourceFiles(stack, main_path, info_path).table
         source_ids = UniqueIds(table.nrows, "source_id")
         for start, stop in row_ranges(table.nrows, chunk_rows):
             records = table.records(start, stop)
             check_sky(table, records["RA"], records["DEC"], "RA", "DEC", start)
             source_ids.add(records["source_id"])
-            batch = table.to_arrow(records)
-            if files.spec is not None:
-                if files.main is not None:
-                    _check_info_matches(files.info, records, start)
-                batch = _with_spectra(batch, files, start, stop)
-            yield batch
+            yield table.to_arrow(records)
         source_ids.check(table)
 
 
-def _check_info_matches(info: FitsTable, main_records: np.ndarray, start: int) -> None:
-    info_records = info.records(start, start + len(main_records))
+def _spectra_batches(main_path: Path | None, spec_path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
+    with ExitStack() as stack:
+        files = _SourceFiles(stack, main_path, spec_path)
+        info = files.info
+        source_ids = UniqueIds(info.nrows, "source_id")
+        for start, stop in row_ranges(info.nrows, chunk_rows):
+            records = info.records(start, stop)
+            check_sky(info, records["RA"], records["DEC"], "RA", "DEC", start)
+            source_ids.add(records["source_id"])
+            if files.main is not None:
+                _check_info_matches(info, records, files.main.records(start, stop), start)
+            yield _with_spectra(info.to_arrow(records).select(list(SPECTRA_KEY_COLUMNS)), files, start, stop)
+        source_ids.check(info)
+
+
+def _check_info_matches(info: FitsTable, info_records: np.ndarray, main_records: np.ndarray, start: int) -> None:
     for name in ("source_id", "detectid"):
         differ = info_records[name] != main_records[name]
         if differ.any():

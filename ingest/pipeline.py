@@ -32,7 +32,8 @@ from dexdb.ingest.product import IngestError, Product, sha256_of
 from dexdb.sqlload import write_entry_point
 
 CONVERTERS = (ifu_index, hpsc2, detect, detect_index)
-ALL_PRODUCTS = ("ifu_index", "sources", "detinfo", "detections", "detection_spectra", "fibers", "detect_index")
+ALL_PRODUCTS = ("ifu_index", "sources", "source_spectra", "detinfo", "detections", "detection_spectra", "fibers",
+                "detect_index")
 MANIFEST = "manifest.json"
 
 
@@ -168,3 +169,58 @@ def _publish(out_dir: Path, version: str, names: list[str]) -> None:
     for old in (out_dir / "versions").iterdir():
         if old.name not in keep:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_derived(out_dir: str | os.PathLike, names: list[str], label: str,
+                    write: Callable[[Path], dict[str, dict[str, dict]]], log: Callable[[str], None] = print) -> str:
+    """Publish a new version of OUT: the current version's files, hard-linked, plus the entries ``names``
+    that ``write`` computes from them (derived catalogs and tables such as ``dexdb classify``'s); returns
+    the new version id.
+
+    ``write(staged_dir)`` writes each name of ``names`` into ``staged_dir`` and returns their manifest
+    entries by section: ``{"products": {name: entry}}`` for HATS collections (checked by ``dexdb
+    verify``), ``{"tables": {name: entry}}`` for plain tables. An entry of the current version with one
+    of those names is replaced. The version is built in ``OUT/.<version>.staging`` (outside ``versions/``,
+    which a concurrent publish prunes), renamed into ``versions/`` when complete, then switched to as the
+    ingest does (:func:`_publish`), with ``OUT/dexdb.sql`` rewritten first: the published version's files
+    are never written. Its id is a digest of the base version, ``label`` and the dexdb version. One
+    publisher at a time: a lock file ``OUT/.publish.lock`` serialises them.
+    """
+    import fcntl
+
+    out_dir = Path(out_dir).absolute()
+    current = out_dir / "current"
+    if not (current / MANIFEST).is_file():
+        raise IngestError(out_dir, "catalogs", f"no published version (missing current/{MANIFEST}); run dexdb ingest first")
+    with open(out_dir / ".publish.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        base = Path(os.readlink(current)).name
+        base_dir = out_dir / "versions" / base
+        version = hashlib.sha256(f"{base}\n{label}\ndexdb {dexdb.__version__}".encode()).hexdigest()[:16]
+        staged, final = out_dir / f".{version}.staging", out_dir / "versions" / version
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir()
+        try:
+            for entry in base_dir.iterdir():
+                if entry.name in names or entry.name == MANIFEST:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.copytree(entry, staged / entry.name, symlinks=True, copy_function=os.link)
+                else:
+                    os.link(entry, staged / entry.name, follow_symlinks=False)
+            written = write(staged)
+            manifest = json.loads((base_dir / MANIFEST).read_text())
+            for section in ("products", "tables"):
+                kept = {k: v for k, v in manifest.get(section, {}).items() if k not in names}
+                manifest[section] = kept | written.get(section, {})
+            manifest.update(version=version, derived_from_version=base)
+            (staged / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            shutil.rmtree(final, ignore_errors=True)  # a complete attempt that was never switched to
+            os.rename(staged, final)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        catalogs = sorted(p.name for p in final.iterdir() if p.is_dir())
+        write_entry_point(out_dir, catalogs)
+        _publish(out_dir, version, catalogs)
+    log(f"published version {version} (from {base}) in {out_dir}")
+    return version

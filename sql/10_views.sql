@@ -15,8 +15,12 @@ FROM read_parquet('ifu_index/ifu_index/dataset/*/*/*/*.parquet', hive_partitioni
 
 -- requires: sources
 CREATE OR REPLACE TEMP VIEW sources AS
+SELECT * FROM read_parquet('sources/sources/dataset/*/*/*/*.parquet', hive_partitioning = true);
+
+-- requires: source_spectra
+CREATE OR REPLACE TEMP VIEW source_spectra AS
 SELECT * REPLACE (spec::FLOAT[1036] AS spec, spec_err::FLOAT[1036] AS spec_err)
-FROM read_parquet('sources/sources/dataset/*/*/*/*.parquet', hive_partitioning = true);
+FROM read_parquet('source_spectra/source_spectra/dataset/*/*/*/*.parquet', hive_partitioning = true);
 
 -- requires: detinfo
 CREATE OR REPLACE TEMP VIEW detinfo AS
@@ -63,12 +67,13 @@ SELECT * FROM read_parquet('source_groups/source_groups/dataset/*/*/*/*.parquet'
 CREATE OR REPLACE TEMP VIEW source_group_members AS
 SELECT * FROM read_parquet('source_group_members/source_group_members/dataset/*/*/*/*.parquet', hive_partitioning = true);
 
--- Id indexes (HATS index catalogs): id -> (Norder, Npix) of the partition holding the row. Joining
--- them before the catalog lets DuckDB open only the partitions that hold the wanted ids.
+-- Id indexes (HATS index catalogs): id -> (Norder, Npix, _healpix_29) of the row. Joining them before
+-- the catalog lets DuckDB open only the partitions that hold the wanted ids, and decode only the row
+-- groups whose _healpix_29 range holds them.
 
--- requires: sources
-CREATE OR REPLACE TEMP VIEW sources_source_id_index AS
-SELECT * FROM read_parquet('sources/sources_source_id_index/dataset/index.parquet');
+-- requires: source_spectra
+CREATE OR REPLACE TEMP VIEW source_spectra_source_id_index AS
+SELECT * FROM read_parquet('source_spectra/source_spectra_source_id_index/dataset/index.parquet');
 
 -- requires: detection_spectra
 CREATE OR REPLACE TEMP VIEW detection_spectra_detectid_index AS

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::astropy.units.UnitsWarning")
 
 SC2 = hpsc2.CATALOG_DIR
 # Small chunks so that the tiny mock (19 cubes, 41 sources, 81 detections) streams in several.
-CHUNKS = {"ifu_index": 5, "sources": 7, "detinfo": 16}
+CHUNKS = {"ifu_index": 5, "sources": 7, "source_spectra": 7, "detinfo": 16}
 
 
 def convert(module, root: Path) -> dict[str, tuple]:
@@ -139,37 +139,52 @@ def test_ifu_index_corners(tiny_pdr1, converted):
 def test_sources_round_trip(tiny_pdr1, converted):
     product, table = converted["sources"]
     main = tiny_pdr1 / SC2 / "hetdex_sc2_v1.5.fits"
-    spec_file = tiny_pdr1 / SC2 / "hetdex_sc2_spec_v1.5.fits"
     expected = expected_columns(main)
     assert table.num_rows == product.expected_rows == len(expected["source_id"])
-    assert table.column_names == [*expected, "spec", "spec_err"]
-    assert table.schema.field("spec").type == pa.list_(pa.float32(), N_WAVE)
+    assert table.column_names == list(expected)
     assert_columns_equal(table, expected)
     # Both bad-value conventions occur in the mock and survive unchanged.
     assert np.isnan(table.column("gmag").to_numpy()).any() and (table.column("flux").to_numpy() == -999).any()
 
+    assert product.inputs == [main]
+    metadata = product.spec.metadata
+    assert metadata["hpsc2_version"] == "1.5"
+    assert json.loads(metadata["units"])["RA"] == "deg"
+    assert set(json.loads(metadata["sha256"])) == {f"{SC2}/{main.name}"}
+    assert product.spec.id_columns == ("source_id", "detectid", "source_name")
+    assert any("-999" in note for note in product.notes)
+
+
+def test_source_spectra_round_trip(tiny_pdr1, converted):
+    product, table = converted["source_spectra"]
+    main = tiny_pdr1 / SC2 / "hetdex_sc2_v1.5.fits"
+    spec_file = tiny_pdr1 / SC2 / "hetdex_sc2_spec_v1.5.fits"
+    expected = expected_columns(main)
+    assert table.num_rows == product.expected_rows == len(expected["source_id"])
+    assert table.column_names == ["source_id", "detectid", "RA", "DEC", "spec", "spec_err"]
+    assert table.schema.field("spec").type == pa.list_(pa.float32(), N_WAVE)
+    assert_columns_equal(table, {name: expected[name] for name in ("source_id", "detectid", "RA", "DEC")})
     for name, extname in (("spec", "SPEC"), ("spec_err", "SPEC_ERR")):
         image = fits.getdata(spec_file, extname)
         assert np.array_equal(bits(spectra(table, name)), bits(image.T))
 
-    assert product.inputs == [main, spec_file]
+    assert product.inputs == [spec_file, main]
     metadata = product.spec.metadata
-    assert metadata["hpsc2_version"] == "1.5"
     assert metadata["wavelength"] == "3470 + 2k Angstrom, k=0..1035, air"
     assert metadata["spectrum_unit"] == FLUX_DENSITY_UNIT
     units = json.loads(metadata["units"])
     assert units["RA"] == "deg" and units["spec"] == units["spec_err"] == FLUX_DENSITY_UNIT
-    assert set(json.loads(metadata["sha256"])) == {f"{SC2}/{main.name}", f"{SC2}/{spec_file.name}"}
-    assert product.spec.id_columns == ("source_id", "detectid", "source_name")
-    assert any("-999" in note for note in product.notes)
+    assert set(json.loads(metadata["sha256"])) == {f"{SC2}/{spec_file.name}"}
+    assert product.spec.id_columns == ("source_id",)
 
 
 def test_inputs_above_the_hash_cap_are_listed_unhashed(tiny_pdr1):
     main = tiny_pdr1 / SC2 / "hetdex_sc2_v1.5.fits"
     spec_file = tiny_pdr1 / SC2 / "hetdex_sc2_spec_v1.5.fits"
-    sources = {p.name: p for p in hpsc2.products(tiny_pdr1, hash_max_bytes=main.stat().st_size)}["sources"]
-    metadata = sources.spec.metadata
-    assert set(json.loads(metadata["sha256"])) == {f"{SC2}/{main.name}"}
+    products = {p.name: p for p in hpsc2.products(tiny_pdr1, hash_max_bytes=main.stat().st_size)}
+    assert set(json.loads(products["sources"].spec.metadata["sha256"])) == {f"{SC2}/{main.name}"}
+    metadata = products["source_spectra"].spec.metadata
+    assert json.loads(metadata["sha256"]) == {}
     unhashed = json.loads(metadata["unhashed_files"])
     assert list(unhashed) == [f"{SC2}/{spec_file.name}"]
     assert unhashed[f"{SC2}/{spec_file.name}"]["bytes"] == spec_file.stat().st_size
@@ -185,11 +200,11 @@ def test_detinfo_round_trip(tiny_pdr1, converted):
     assert product.spec.sort_tiebreak == "detectid" and product.spec.metadata["hpsc2_version"] == "1.5"
 
 
-def test_sources_through_writer(tmp_path, converted):
-    product, table = converted["sources"]
+def test_source_spectra_through_writer(tmp_path, converted):
+    product, table = converted["source_spectra"]
     write_catalog([table], product.spec, tmp_path, workers=1)
     files = sorted(
-        str(p) for p in (tmp_path / "sources" / "sources" / "dataset").glob("Norder=*/Dir=*/Npix=*/*.parquet")
+        str(p) for p in (tmp_path / "source_spectra" / "source_spectra" / "dataset").glob("Norder=*/Dir=*/Npix=*/*.parquet")
     )
     query = """
         SELECT * EXCLUDE (spec, spec_err), spec::FLOAT[1036] AS spec, spec_err::FLOAT[1036] AS spec_err
@@ -399,8 +414,9 @@ def test_v13_column_set(tmp_path, sc2_parts):
     converted = convert(hpsc2, tmp_path)
     product, table = converted["sources"]
     assert product.spec.metadata["hpsc2_version"] == "1.3"
-    assert table.column_names == [*main.colnames, "spec", "spec_err"]
+    assert table.column_names == main.colnames
     assert_columns_equal(table, expected_columns(tmp_path / SC2 / "hetdex_sc2_v1.3.fits"))
+    assert converted["source_spectra"][0].spec.metadata["hpsc2_version"] == "1.3"
 
 
 def test_log_luminosity_columns(tmp_path, sc2_parts):
@@ -426,8 +442,10 @@ def test_any_row_order(tmp_path, sc2_parts):
         spec_err=sc2_parts["spec_err"][:, order],
     )
     write_sc2(tmp_path, parts)
-    _, table = convert(hpsc2, tmp_path)["sources"]
-    assert table.column("source_id").to_pylist() == list(sc2_parts["main"]["source_id"][order])
+    converted = convert(hpsc2, tmp_path)
+    for name in ("sources", "source_spectra"):
+        table = converted[name][1]
+        assert table.column("source_id").to_pylist() == list(sc2_parts["main"]["source_id"][order]), name
     assert np.array_equal(bits(spectra(table, "spec")), bits(sc2_parts["spec"][:, order].T))
 
 
@@ -438,11 +456,13 @@ def test_highest_version_and_missing_pieces(tmp_path, sc2_parts):
     converted = convert(hpsc2, tmp_path)
     assert {name: p.spec.metadata["hpsc2_version"] for name, (p, _) in converted.items()} == {
         "sources": "1.5",
+        "source_spectra": "1.5",
         "detinfo": "1.5",
     }
-    assert converted["sources"][0].inputs == [
-        directory / "hetdex_sc2_v1.5.fits",
+    assert converted["sources"][0].inputs == [directory / "hetdex_sc2_v1.5.fits"]
+    assert converted["source_spectra"][0].inputs == [
         directory / "hetdex_sc2_spec_v1.5.fits",
+        directory / "hetdex_sc2_v1.5.fits",
     ]
 
     # Without the spectra file: the main table alone, no spectrum columns.

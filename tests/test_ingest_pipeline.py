@@ -126,7 +126,7 @@ def test_partial_release_ingests_what_is_there(tiny_pdr1, tmp_path):
     shutil.copytree(tiny_pdr1 / "hetdex_source_catalog_2", partial / "hetdex_source_catalog_2")
     lines: list[str] = []
     report = ingest(partial, tmp_path / "out", log=lines.append)
-    assert {p.name for p in report.products} == {"ifu_index", "sources", "detinfo"} | DERIVED
+    assert {p.name for p in report.products} == {"ifu_index", "sources", "source_spectra", "detinfo"} | DERIVED
     assert set(report.missing) == {"detections", "detection_spectra", "fibers", "detect_index"}
     assert any(line.startswith("missing: detections") for line in lines)
 

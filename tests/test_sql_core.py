@@ -84,7 +84,7 @@ def test_connect_needs_an_existing_directory(tmp_path):
 
 def test_views_hold_every_row_of_the_manifest(con, tiny_catalogs):
     manifest = json.loads((tiny_catalogs / "current" / "manifest.json").read_text())
-    for name in ("ifu_index", "sources", "detinfo", "detections", "detection_spectra", "fibers", "detect_index"):
+    for name in ("ifu_index", "sources", "source_spectra", "detinfo", "detections", "detection_spectra", "fibers", "detect_index"):
         assert column(con, f"SELECT count(*) FROM {name}") == [manifest["products"][name]["rows"]], name
 
 

@@ -110,7 +110,7 @@ def partition_files_holding(catalog_dir: Path, column: str, ids: list[int]) -> s
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("kind, catalog", [("detectid", "detection_spectra"), ("source_id", "sources")])
+@pytest.mark.parametrize("kind, catalog", [("detectid", "detection_spectra"), ("source_id", "source_spectra")])
 def test_lookup_reads_only_the_partitions_holding_the_ids(kind, catalog, engine, tiny_catalogs, python_con, cli):
     catalog_dir = tiny_catalogs / catalog / catalog
     partitions = sorted((catalog_dir / "dataset").glob("Norder=*/Dir=*/Npix=*/*.parquet"))
@@ -166,14 +166,14 @@ def test_init_file_from_inside_out_dir(tiny_catalogs, python_con, cli):
 def test_partial_ingest_skips_what_needs_absent_catalogs(tiny_catalogs, tmp_path, cli):
     partial = tmp_path / "partial"
     partial.mkdir()
-    for name in ("ifu_index", "sources"):
+    for name in ("ifu_index", "sources", "source_spectra"):
         (partial / name).symlink_to((tiny_catalogs / name).resolve())
 
     con = sqlload.connect(partial)
     views = {row[0] for row in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
     macros = {row[0] for row in con.sql("SELECT function_name FROM duckdb_functions() "
                                         "WHERE function_type IN ('macro', 'table_macro')").fetchall()}
-    assert {"ifu_index", "sources", "sources_source_id_index"} <= views
+    assert {"ifu_index", "sources", "source_spectra", "source_spectra_source_id_index"} <= views
     assert not views & {"detinfo", "detections", "detection_spectra", "fibers", "detect_index"}
     assert {"spectrum_by_source_id", "mask_bit_names", "wave_grid"} <= macros
     assert "spectrum_by_detectid" not in macros

@@ -272,8 +272,8 @@ def test_cone_on_the_tiny_mock_equals_brute_force(con, catalog, ra_column, dec_c
 
 
 def test_cone_rows_keep_every_catalog_column(con):
-    row = con.sql(f"SELECT * FROM cone('sources', {COSMOS_AGN[0]}, {COSMOS_AGN[1]}, 3) LIMIT 1")
-    assert row.columns == [*con.sql("SELECT * FROM sources LIMIT 0").columns, "dist_arcsec"]
+    row = con.sql(f"SELECT * FROM cone('source_spectra', {COSMOS_AGN[0]}, {COSMOS_AGN[1]}, 3) LIMIT 1")
+    assert row.columns == [*con.sql("SELECT * FROM source_spectra LIMIT 0").columns, "dist_arcsec"]
     assert len(row.fetchall()[0][row.columns.index("spec")]) == 1036
 
 
@@ -357,7 +357,7 @@ def test_cone_on_the_tiny_mock_opens_one_of_its_partitions(con, tiny_catalogs, c
 
 @pytest.mark.parametrize("select", ["count(*)", "source_id, dist_arcsec"])
 def test_cone_reads_only_the_columns_a_query_uses(con, select):
-    scan = parquet_scan(con, f"SELECT {select} FROM cone('sources', {COSMOS_AGN[0]}, {COSMOS_AGN[1]}, 37)")
+    scan = parquet_scan(con, f"SELECT {select} FROM cone('source_spectra', {COSMOS_AGN[0]}, {COSMOS_AGN[1]}, 37)")
     assert not {"spec", "spec_err"} & set(scan["Projections"])
 
 
