@@ -255,27 +255,6 @@ JOIN _sky_neighbour_rules() r
 CREATE OR REPLACE TEMP MACRO _sky_cell_order(radius_arcsec) AS
 least(29, greatest(0, floor(log2(211076.28514206142e0 / (2 * radius_arcsec::DOUBLE)))))::BIGINT;
 
--- The partitions (Norder, Npix) of `catalog` that overlap an order_k pixel of column _sky_cell of
--- relation `cells`, and on every row the smallest and largest of those pixels. Joined on the view's hive
--- columns, they let DuckDB skip every other partition file without opening it. `checks` is
--- _sky_checked_at_bind(...). Each CTE is read once or inlined: a materialised CTE stops DuckDB from
--- dropping the columns a query does not use, and SELECT count(*) FROM cone(...) would read every spectrum.
-CREATE OR REPLACE TEMP MACRO _sky_partitions(catalog, cells, order_k, checks) AS TABLE
-WITH _sky_partition_info AS NOT MATERIALIZED (
-    SELECT Norder, Npix
-    FROM read_csv(catalog || '/' || catalog || '/partition_info.csv' || checks,
-                  header = true, columns = {'Norder': 'BIGINT', 'Npix': 'BIGINT'})
-), _sky_ancestors AS (
-    -- a partition matches the ancestor of a cell at order m = min(order_k, Norder)
-    SELECT DISTINCT m.m, c._sky_cell >> (2 * (order_k - m.m)) AS pixel,
-           min(c._sky_cell) OVER () AS first_cell, max(c._sky_cell) OVER () AS last_cell
-    FROM query_table(cells) c, (SELECT DISTINCT least(order_k, Norder) AS m FROM _sky_partition_info) m
-)
-SELECT DISTINCT p.Norder, p.Npix, a.first_cell, a.last_cell
-FROM _sky_partition_info p
-JOIN _sky_ancestors a
-  ON a.m = least(order_k, p.Norder) AND a.pixel = p.Npix >> (2 * (p.Norder - least(order_k, p.Norder)));
-
 -- ---------------------------------------------------------------------------------------------------
 -- Cone search. Pruning: partitions through the RA/Dec boxes of partition_bounds.parquet, a small
 -- table joined on the view's hive columns, so DuckDB opens no other partition file; Parquet row
@@ -301,14 +280,27 @@ CREATE OR REPLACE TEMP MACRO _sky_ra_overlaps(first, last, low, high) AS
 (last >= low AND first <= high) OR (last >= low + 360 AND first <= high + 360)
 OR (last >= low - 360 AND first <= high - 360);
 
+-- Whether the box [ra_first, ra_last] x [dec_first, dec_last] meets the cone's RA/Dec box.
+CREATE OR REPLACE TEMP MACRO _sky_box_meets_cone(ra_first, ra_last, dec_first, dec_last, ra_deg, dec_deg, radius_arcsec) AS
+dec_last >= dec_deg - radius_arcsec / 3600e0 - 1e-9 AND dec_first <= dec_deg + radius_arcsec / 3600e0 + 1e-9
+AND _sky_ra_overlaps(ra_first, ra_last, _sky_ra_low(ra_deg, dec_deg, radius_arcsec),
+                     _sky_ra_high(ra_deg, dec_deg, radius_arcsec));
+
+-- The partitions (Norder, Npix) of `catalog` whose box meets the cone of radius_arcsec around a row
+-- of relation `points` (columns _sky_ra, _sky_dec). Joined on the view's hive columns, they let
+-- DuckDB skip every other partition file without opening it. `checks` is _sky_checked_at_bind(...).
+CREATE OR REPLACE TEMP MACRO _sky_partitions(catalog, points, radius_arcsec, checks) AS TABLE
+SELECT DISTINCT b.Norder, b.Npix
+FROM read_parquet(catalog || '/' || catalog || '/partition_bounds.parquet' || checks) b
+JOIN query_table(points) p
+  ON _sky_box_meets_cone(b.ra_min, b.ra_max, b.dec_min, b.dec_max, p._sky_ra, p._sky_dec, radius_arcsec);
+
 CREATE OR REPLACE TEMP MACRO _sky_cone(catalog, ra_deg, dec_deg, radius_arcsec, caller) AS TABLE
 WITH _sky_parts AS (
     SELECT Norder, Npix
     FROM read_parquet(catalog || '/' || catalog || '/partition_bounds.parquet' || _sky_checked_at_bind(
         _sky_position_error(ra_deg, dec_deg, caller) + _sky_radius_error(radius_arcsec, caller)))
-    WHERE dec_max >= dec_deg - radius_arcsec / 3600e0 - 1e-9 AND dec_min <= dec_deg + radius_arcsec / 3600e0 + 1e-9
-      AND _sky_ra_overlaps(ra_min, ra_max, _sky_ra_low(ra_deg, dec_deg, radius_arcsec),
-                           _sky_ra_high(ra_deg, dec_deg, radius_arcsec))
+    WHERE _sky_box_meets_cone(ra_min, ra_max, dec_min, dec_max, ra_deg, dec_deg, radius_arcsec)
 ), _sky_rows AS (
     SELECT *, COLUMNS('(?i)^(ra|ra_cen)$')::DOUBLE AS _sky_row_ra, COLUMNS('(?i)^(dec|dec_cen)$')::DOUBLE AS _sky_row_dec
     FROM query_table(catalog)
@@ -316,9 +308,7 @@ WITH _sky_parts AS (
     SELECT r.*, _sky_dist_arcsec(ra_deg::DOUBLE, dec_deg::DOUBLE, r._sky_row_ra, r._sky_row_dec) AS dist_arcsec
     FROM _sky_rows r
     JOIN _sky_parts p ON r.Norder = p.Norder AND r.Npix = p.Npix
-    WHERE r._sky_row_dec BETWEEN dec_deg - radius_arcsec / 3600e0 - 1e-9 AND dec_deg + radius_arcsec / 3600e0 + 1e-9
-      AND _sky_ra_overlaps(r._sky_row_ra, r._sky_row_ra, _sky_ra_low(ra_deg, dec_deg, radius_arcsec),
-                           _sky_ra_high(ra_deg, dec_deg, radius_arcsec))
+    WHERE _sky_box_meets_cone(r._sky_row_ra, r._sky_row_ra, r._sky_row_dec, r._sky_row_dec, ra_deg, dec_deg, radius_arcsec)
 )
 SELECT * EXCLUDE (_sky_row_ra, _sky_row_dec)
 FROM _sky_window
@@ -329,9 +319,10 @@ CREATE OR REPLACE TEMP MACRO cone(catalog, ra_deg, dec_deg, radius_arcsec) AS TA
 SELECT * FROM _sky_cone(catalog, ra_deg, dec_deg, radius_arcsec, 'cone');
 
 -- ---------------------------------------------------------------------------------------------------
--- Cross-match. Each row of tbl meets the catalog rows of its cells (its pixel and the 8 around it, at
--- an order twice as wide as the radius) through the catalog's _healpix_29 >> 2 (29 - order): pixels
--- rather than RA/Dec boxes, so partition boundaries, RA 0/360 and the poles need no special case.
+-- Cross-match. The partitions read are those whose box meets a cone around some row of tbl. Each row
+-- of tbl meets the catalog rows of its cells (its pixel and the 8 around it, at an order twice as
+-- wide as the radius) through the catalog's _healpix_29 >> 2 (29 - order): pixels rather than RA/Dec
+-- boxes, so partition boundaries, RA 0/360 and the poles need no special case.
 -- Output: tbl's columns, the catalog's (a name already taken gets DuckDB's suffix _1, e.g. RA_1) and
 -- dist_arcsec, by tbl row then distance. _sky_ra/_sky_dec carry tbl's position to cubes_covering.
 
@@ -347,11 +338,10 @@ WITH _sky_user_columns AS (
                                       + _sky_dec_error(_sky_dec, caller || ': ' || tbl || '.dec')) AS _sky_dec),
            row_number() OVER () AS _sky_user_row
     FROM _sky_user_columns
-), _sky_user_cells AS MATERIALIZED (
-    -- computed once for both the partition list and the pairs
+), _sky_user_cells AS (
     SELECT * FROM _sky_cells('_sky_user', _sky_cell_order(radius_arcsec))
 ), _sky_parts AS (
-    SELECT * FROM _sky_partitions(catalog, '_sky_user_cells', _sky_cell_order(radius_arcsec),
+    SELECT * FROM _sky_partitions(catalog, '_sky_user', radius_arcsec,
                                   _sky_checked_at_bind(_sky_radius_error(radius_arcsec, caller)))
 ), _sky_rows AS (
     SELECT c.*, COLUMNS('(?i)^(ra|ra_cen)$')::DOUBLE AS _sky_row_ra, COLUMNS('(?i)^(dec|dec_cen)$')::DOUBLE AS _sky_row_dec,
