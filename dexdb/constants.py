@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dexdb.lines.table import rest_wave
+
 #: Every HETDEX spectrum is sampled at 3470 + 2k Angstrom (air), k = 0..1035.
 N_WAVE = 1036
 WAVE_START = 3470.0
@@ -51,19 +53,21 @@ MASK_BITS: dict[str, int] = {
     "BADDET": 8192,
 }
 
-#: Rest wavelengths (Angstrom) of the lines the mock and the classifier use.
-LYA = 1215.67  # vacuum
-OII = 3727.8  # air, doublet centroid
-OIII_5007 = 5006.84
-OIII_4959 = 4958.91
-HBETA = 4861.33
-HGAMMA = 4340.47
-HDELTA = 4101.74
-NEIII = 3868.76
-CIV = 1549.06
-HEII = 1640.42
-CIII = 1908.73
-MGII = 2798.75
+#: Rest wavelengths (Angstrom) of the lines the mock and the classifier use, from the line table
+#: (dexdb/lines/lines.csv, their one home).
+LYA = rest_wave("Lya")  # vacuum
+NV = rest_wave("NV")
+OII = rest_wave("[OII]")  # air, doublet centroid
+OIII_5007 = rest_wave("[OIII]5007")
+OIII_4959 = rest_wave("[OIII]4959")
+HBETA = rest_wave("Hbeta")
+HGAMMA = rest_wave("Hgamma")
+HDELTA = rest_wave("Hdelta")
+NEIII = rest_wave("[NeIII]3869")
+CIV = rest_wave("CIV")
+HEII = rest_wave("HeII")
+CIII = rest_wave("CIII]")
+MGII = rest_wave("MgII")
 
 #: Fixed instrument rotation (deg) added to the shot PA to get the cube orientation.
 SYSTEM_ROTATION = 1.55

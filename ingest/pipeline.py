@@ -29,6 +29,7 @@ from dexdb.ingest import detect, detect_index, hpsc2, ifu_index, source_groups
 from dexdb.ingest.hats_layout import CollectionLayout, partition_files
 from dexdb.ingest.hats_writer import write_catalog
 from dexdb.ingest.product import IngestError, Product, sha256_of
+from dexdb.lines.table import LINE_TABLE, write_line_table
 from dexdb.sqlload import write_entry_point
 
 CONVERTERS = (ifu_index, hpsc2, detect, detect_index)
@@ -98,9 +99,12 @@ def ingest(pdr1_dir: str | os.PathLike, out_dir: str | os.PathLike, *, workers: 
             _write_product(product, version_dir, report, workers, progress, log)
         products = [*products, *derived]
 
-    _write_manifest(version_dir, products, report)
-    write_entry_point(out_dir, [p.name for p in products])
-    _publish(out_dir, report.version, [p.name for p in products])
+    # The line table travels with the catalogs so that SQL's line_hypotheses works from the start.
+    tables = {LINE_TABLE: write_line_table(version_dir)}
+    _write_manifest(version_dir, products, report, tables)
+    names = [p.name for p in products] + list(tables)
+    write_entry_point(out_dir, names)
+    _publish(out_dir, report.version, names)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -131,7 +135,8 @@ def _rows_of(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _write_manifest(version_dir: Path, products: list[Product], report: IngestReport) -> None:
+def _write_manifest(version_dir: Path, products: list[Product], report: IngestReport,
+                    tables: dict[str, dict]) -> None:
     entries = {}
     for product in products:
         layout = CollectionLayout.read(version_dir / product.name)
@@ -144,7 +149,7 @@ def _write_manifest(version_dir: Path, products: list[Product], report: IngestRe
             "files": files,
             "notes": product.notes,
         }
-    manifest = {"dexdb": dexdb.__version__, "version": report.version, "products": entries,
+    manifest = {"dexdb": dexdb.__version__, "version": report.version, "products": entries, "tables": tables,
                 "missing": report.missing}
     tmp = version_dir / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dexdb import constants as C
+from dexdb.lines.table import stellar_absorption_lines
 
 WAVE64 = C.WAVE.astype(np.float64)
 
@@ -29,12 +30,12 @@ LINES: dict[int, tuple[tuple[float, float], ...]] = {
         (C.OIII_4959, 0.25),
         (C.OIII_5007, 0.75),
     ),
-    AGN: ((C.LYA, 1.0), (1240.81, 0.15), (C.CIV, 0.45), (C.HEII, 0.1), (C.CIII, 0.3), (C.MGII, 0.35)),
+    AGN: ((C.LYA, 1.0), (C.NV, 0.15), (C.CIV, 0.45), (C.HEII, 0.1), (C.CIII, 0.3), (C.MGII, 0.35)),
 }
 MAX_LINES = max(len(v) for v in LINES.values())
 
 #: Stellar absorption lines (rest A): Balmer series and Ca II H and K.
-STAR_ABSORPTION = (3933.66, 3968.47, 3970.07, 4101.74, 4340.47, 4861.33)
+STAR_ABSORPTION = stellar_absorption_lines()
 
 
 def error_at(noise_scale, wave) -> np.ndarray:
