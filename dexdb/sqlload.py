@@ -123,14 +123,23 @@ def connect(out_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     database; nothing here writes.)"""
     out_dir = _existing_dir(out_dir)
     con = duckdb.connect()
-    con.execute(f"SET file_search_path = {_sql_string(str(out_dir))}")
-    for statement in applicable(catalogs_in(out_dir)):
+    try:
+        prepare(con, out_dir, applicable(catalogs_in(out_dir)))
+    except RuntimeError:
+        con.close()
+        raise
+    return con
+
+
+def prepare(con: duckdb.DuckDBPyConnection, out_dir: Path, statements: Iterable[Statement]) -> None:
+    """Point ``con`` (a connection or a cursor: DuckDB keeps TEMP definitions per cursor) at ``out_dir``
+    and run ``statements`` in it."""
+    con.execute("SET file_search_path = $path", {"path": str(out_dir)})
+    for statement in statements:
         try:
             con.execute(statement.sql)
         except duckdb.Error as exc:
-            con.close()
             raise RuntimeError(f"{statement.file}: {statement.code[:80]} ...: {exc}") from exc
-    return con
 
 
 def entry_point_sql(catalogs: Iterable[str]) -> str:
@@ -160,10 +169,6 @@ def _existing_dir(out_dir: str | os.PathLike) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a directory (expected the output directory of `dexdb ingest`)")
     return path
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _replace(path: Path, text: str, mode: int) -> None:

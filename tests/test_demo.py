@@ -18,3 +18,6 @@ def test_demo_runs_the_whole_path(tmp_path):
     catalogs = tmp_path / "demo" / "catalogs"
     assert (catalogs / "dexdb-shell").is_file() and str(catalogs / "dexdb-shell") in result.output
     assert verify(catalogs, tmp_path / "demo" / "pdr1") == []
+    plot = tmp_path / "demo" / "cosmos_agn_epochs.png"
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "notebooks/" in result.output and f"DEXDB_CATALOG={catalogs}" in result.output
