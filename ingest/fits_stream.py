@@ -271,7 +271,7 @@ def check_sky(table: FitsTable, ra: np.ndarray, dec: np.ndarray, ra_name: str, d
     for values, name, inside, bounds in checks:
         if not inside.all():
             row = int(np.argmin(inside))
-            problem = "NaN position" if np.isnan(values[row]) else f"{name} {values[row]!r} outside {bounds}"
+            problem = "NaN position" if np.isnan(values[row]) else f"{name} {float(values[row])!r} outside {bounds}"
             raise table.file.error(problem, f"row {first_row + row}, column {name}")
 
 

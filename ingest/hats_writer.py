@@ -226,6 +226,7 @@ def write_catalog(
             staging.mkdir()
             spill.mkdir(parents=True)
             built = _build(batches, spec, staging, spill, workers, progress, sort_buffer_bytes)
+            _remove(spill)  # before the catalog appears: a kill after it would leave the spill for good
             _fsync_tree(staging)
             _publish(staging, destination, aside)
         finally:

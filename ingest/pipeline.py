@@ -119,7 +119,10 @@ def _write_product(product: Product, version_dir: Path, report: IngestReport, wo
         log(f"{product.name}: already complete in version {report.version}")
         return
     log(f"{product.name}: from {', '.join(p.name for p in product.inputs)}")
-    info = write_catalog(product.batches(), product.spec, version_dir, workers=workers, progress=progress)
+    try:
+        info = write_catalog(product.batches(), product.spec, version_dir, workers=workers, progress=progress)
+    except OSError as exc:  # e.g. a full disk under OUT: one line naming the catalog, not a traceback
+        raise IngestError(version_dir / product.name, product.name, f"failed while building the catalog: {exc}") from exc
     if info.rows != product.expected_rows:
         shutil.rmtree(version_dir / product.name, ignore_errors=True)
         raise IngestError(product.inputs[0], product.name,
@@ -143,10 +146,14 @@ def _write_manifest(version_dir: Path, products: list[Product], report: IngestRe
         files = {
             str(f.path.relative_to(version_dir)): sha256_of(f.path) for f in partition_files(layout.collection)
         }
+        # Everything else a reader relies on: properties, partition tables, metadata, margins, indexes.
+        others = sorted(f for f in layout.collection.rglob("*") if f.is_file()
+                        and str(f.relative_to(version_dir)) not in files)
         entries[product.name] = {
             "rows": sum(r.rows for r in report.products if r.name == product.name),
             "inputs": [str(p) for p in product.inputs],
             "files": files,
+            "other_files": {str(f.relative_to(version_dir)): sha256_of(f) for f in others},
             "notes": product.notes,
         }
     manifest = {"dexdb": dexdb.__version__, "version": report.version, "products": entries, "tables": tables,

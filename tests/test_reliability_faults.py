@@ -188,9 +188,6 @@ def test_kill_9_at_many_points_then_the_same_command_completes(variant, answers,
     assert all(seen in (answers["old"], answers["new"]) for seen in reader.seen)
 
 
-@pytest.mark.xfail(strict=True, reason="hats_writer.write_catalog removes its spill directory only after the rename "
-                                       "that publishes the catalog; a kill in between leaves .NAME.spill (a copy of "
-                                       "every row) in the version, and resumed runs skip the complete catalog")
 def test_a_kill_just_after_a_catalog_is_published_leaves_no_spill(variant, kill_switch, tiny_pdr1, tmp_path):
     published, _, contexts = variant
     out = copy_catalogs(published, tmp_path / "catalogs")
@@ -217,27 +214,21 @@ def truncate_half(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-NOT_CHECKSUMMED = "the manifest holds the sha256 of the catalog's partition files only"
-NOT_CAUGHT = "verify lets the reader's exception escape instead of reporting the damaged file"
 DAMAGE = [
-    # (what, file below OUT/current as a glob, damage, why verify misses it today or None)
-    ("partition byte flipped", "sources/sources/dataset/Norder=*/Dir=*/Npix=*/*.parquet", flip_middle_byte, None),
-    ("partition truncated", "detections/detections/dataset/Norder=*/Dir=*/Npix=*/*.parquet", truncate_half, None),
-    ("partition deleted", "fibers/fibers/dataset/Norder=*/Dir=*/Npix=*/*.parquet", Path.unlink, None),
+    # (what, file below OUT/current as a glob, damage)
+    ("partition byte flipped", "sources/sources/dataset/Norder=*/Dir=*/Npix=*/*.parquet", flip_middle_byte),
+    ("partition truncated", "detections/detections/dataset/Norder=*/Dir=*/Npix=*/*.parquet", truncate_half),
+    ("partition deleted", "fibers/fibers/dataset/Norder=*/Dir=*/Npix=*/*.parquet", Path.unlink),
     ("id index byte flipped", "detection_spectra/detection_spectra_detectid_index/dataset/index.parquet",
-     flip_middle_byte, NOT_CHECKSUMMED),
-    ("partition bounds byte flipped", "sources/sources/partition_bounds.parquet", flip_middle_byte, NOT_CHECKSUMMED),
-    ("_metadata byte flipped", "sources/sources/dataset/_metadata", flip_middle_byte, NOT_CAUGHT),
-    ("partition_info.csv byte flipped", "detinfo/detinfo/partition_info.csv", flip_middle_byte, NOT_CAUGHT),
-    ("collection.properties byte flipped", "sources/collection.properties", flip_middle_byte, NOT_CAUGHT),
+     flip_middle_byte),
+    ("partition bounds byte flipped", "sources/sources/partition_bounds.parquet", flip_middle_byte),
+    ("_metadata byte flipped", "sources/sources/dataset/_metadata", flip_middle_byte),
+    ("partition_info.csv byte flipped", "detinfo/detinfo/partition_info.csv", flip_middle_byte),
+    ("collection.properties byte flipped", "sources/collection.properties", flip_middle_byte),
 ]
 
 
-@pytest.mark.parametrize("pattern, damage", [
-    pytest.param(pattern, damage, id=what,
-                 marks=[pytest.mark.xfail(strict=True, reason=reason)] if reason else [])
-    for what, pattern, damage, reason in DAMAGE
-])
+@pytest.mark.parametrize("pattern, damage", [pytest.param(pattern, damage, id=what) for what, pattern, damage in DAMAGE])
 def test_verify_names_every_damaged_file(pattern, damage, tiny_catalogs, tmp_path):
     out = copy_catalogs(tiny_catalogs, tmp_path / "catalogs")
     damaged = sorted((out / "current").glob(pattern))[0]
@@ -319,8 +310,6 @@ def test_full_disk_fails_and_publishes_nothing(full_disk, answers):
     assert state["answer"] == answers["old"]
 
 
-@pytest.mark.xfail(strict=True, reason="dexdb ingest reports only IngestError; an OSError such as ENOSPC escapes "
-                                       "as a traceback that names neither the catalog nor the file being written")
 def test_full_disk_is_one_clear_error(full_disk):
     result = full_disk["result"]
     assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}"

@@ -431,8 +431,6 @@ def test_the_command_exits_1_with_the_error_on_stderr(tiny_pdr1, published, tmp_
     assert "Traceback" not in run.stderr and "Error:" not in run.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="fits_stream.check_sky formats the value with !r, which numpy 2 prints as "
-                                       "np.float32(91.0)")
 def test_an_out_of_range_value_is_printed_as_a_number(tiny_pdr1, published, tmp_path):
     (case,) = [case for case in CASES if case.name == "ifu index dec_cen 91"]
     release = release_for(case, tiny_pdr1, tmp_path)
