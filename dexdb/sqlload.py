@@ -9,8 +9,11 @@ nothing is defined in Python. Conventions of those files:
 * a line ``-- requires: a, b`` among the comments before a statement skips that statement unless
   the catalogs ``a`` and ``b`` are in the output directory (a partial ingest);
 * paths are relative to the output directory OUT of ``dexdb ingest`` and resolve through
-  ``SET file_search_path``, so OUT can be moved; definitions are ``TEMP`` so that they stay in the
-  session and never enter a database file the user works in.
+  ``SET file_search_path``, so OUT can be moved. A session points it at the version that ``OUT/current``
+  names when the session opens, not at OUT: a query then reads one version from its first file to its
+  last, even while an ingest publishes the next one (the session sees that one when reopened; the
+  ingest keeps the previous version for it, and deletes older ones). Definitions are ``TEMP`` so
+  that they stay in the session and never enter a database file the user works in.
 
 :func:`connect` opens OUT in Python. :func:`write_entry_point` writes ``OUT/dexdb.sql`` (the same
 statements, concatenated) and the launcher ``OUT/dexdb-shell`` for the DuckDB CLI from PyPI, which
@@ -54,7 +57,10 @@ case $here in
     /*) ;;
     *) here=$PWD/$here ;;
 esac
-quoted=$(printf '%s' "$here" | sed "s/'/''/g")
+# The version that current names now, so that every query of the session reads that one version.
+pinned=$here
+if [ -d "$here/current" ]; then pinned=$(cd -- "$here/current" && pwd -P); fi
+quoted=$(printf '%s' "$pinned" | sed "s/'/''/g")
 exec duckdb -cmd "SET file_search_path = '$quoted'" -cmd ".read \\"$here/dexdb.sql\\"" "$@"
 """
 
@@ -134,12 +140,19 @@ def connect(out_dir: str | os.PathLike) -> duckdb.DuckDBPyConnection:
 def prepare(con: duckdb.DuckDBPyConnection, out_dir: Path, statements: Iterable[Statement]) -> None:
     """Point ``con`` (a connection or a cursor: DuckDB keeps TEMP definitions per cursor) at ``out_dir``
     and run ``statements`` in it."""
-    con.execute("SET file_search_path = $path", {"path": str(out_dir)})
+    con.execute("SET file_search_path = $path", {"path": str(pinned_version(out_dir))})
     for statement in statements:
         try:
             con.execute(statement.sql)
         except duckdb.Error as exc:
             raise RuntimeError(f"{statement.file}: {statement.code[:80]} ...: {exc}") from exc
+
+
+def pinned_version(out_dir: Path) -> Path:
+    """The version directory that ``out_dir/current`` names now (``out_dir`` itself when there is no
+    ``current``, e.g. a directory of links to catalogs)."""
+    current = out_dir / "current"
+    return current.resolve() if current.is_dir() else out_dir
 
 
 def entry_point_sql(catalogs: Iterable[str]) -> str:

@@ -1,9 +1,9 @@
 -- Views over the published catalogs, argument checks shared by later files, the wavelength grid.
 --
--- Paths are relative to the output directory of `dexdb ingest` (OUT): `connect()` and the
--- `dexdb-shell` launcher set file_search_path to it, and `cd OUT && duckdb -init dexdb.sql` resolves
--- them against the working directory. They go through the stable links OUT/<catalog> ->
--- current/<catalog>, so a session sees a new ingest as soon as `current` moves.
+-- Paths name catalogs (`detections/detections/dataset/...`) relative to file_search_path: `connect()`
+-- and the `dexdb-shell` launcher set it to the version that OUT/current names when the session opens,
+-- so that a query never mixes two versions while an ingest publishes; `cd OUT && duckdb -init
+-- dexdb.sql` resolves them against OUT, through the links OUT/<catalog> -> current/<catalog>.
 -- Parquet gives fixed-size spectra back as FLOAT[]; the views restore the fixed sizes.
 -- Definitions are TEMP: they belong to the session, never to a database file the user has attached.
 -- A statement marked `-- requires: <catalog>` is skipped when OUT lacks that catalog.

@@ -226,23 +226,24 @@ def result_digest(rows: list[tuple]) -> str:
 def read_until_stopped(out_dir: str, stop_file: str, queries_file: str, results_file: str) -> None:
     """A reader: runs the queries of ``queries_file`` (JSON list of [sql, params]) in turn on
     ``connect(out_dir)``, with a new session every few rounds, until ``stop_file`` exists. Appends a line
-    ``[query index, digest or "error: ...", version before, version after]`` to ``results_file`` per
-    query, the versions being where ``out_dir/current`` pointed just before and just after the query."""
+    ``[query index, digest or "error: ...", version, version]`` to ``results_file`` per query, the version
+    being the one the session reads (``versions/<id>``, pinned when it opened, whatever ``current`` does
+    meanwhile)."""
     from dexdb.sqlload import connect
 
     queries = json.loads(Path(queries_file).read_text())
-    current = Path(out_dir) / "current"
     with open(results_file, "a") as results:
         while not os.path.exists(stop_file):
             with connect(out_dir) as con:  # a new session now and then, as notebook kernels open them
+                search_path = con.execute("SELECT current_setting('file_search_path')").fetchone()[0]
+                version = f"versions/{Path(search_path).name}"
                 for _ in range(3):
                     for index, (sql, params) in enumerate(queries):
-                        before = os.readlink(current)
                         try:
                             outcome = result_digest(con.execute(sql, params).fetchall())
                         except Exception as exc:  # noqa: BLE001 - every failure is reported to the test
                             outcome = f"error: {exc!r}"
-                        results.write(json.dumps([index, outcome, before, os.readlink(current)]) + "\n")
+                        results.write(json.dumps([index, outcome, version, version]) + "\n")
                         results.flush()
                         time.sleep(READER_PAUSE)
 
