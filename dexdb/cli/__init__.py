@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dexdb import __version__
-from dexdb.cli import build
+from dexdb.cli import build, classify, cube, query
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,6 +20,6 @@ def main() -> None:
     """
 
 
-for _module in (build,):
+for _module in (build, cube, query, classify):
     for _command in _module.commands:
         main.add_command(_command)
