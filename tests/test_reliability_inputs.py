@@ -33,6 +33,8 @@ from astropy.io import fits
 from astropy.table import Table
 from click.testing import CliRunner
 
+from test_ingest_h5 import drop
+
 from dexdb.cli import main
 from dexdb.ingest.verify import verify
 
@@ -223,17 +225,6 @@ def h5_retyped(column: str, dtype: str, shape: tuple[int, ...] = ()) -> Callable
     return change
 
 
-def h5_without(*columns: str) -> Callable[[np.ndarray], np.ndarray]:
-    def change(rows: np.ndarray) -> np.ndarray:
-        kept = [name for name in rows.dtype.names if name not in columns]
-        out = np.zeros(len(rows), dtype=[(name, rows.dtype.fields[name][0]) for name in kept])
-        for name in kept:
-            out[name] = rows[name]
-        return out
-
-    return change
-
-
 def h5_copy_id(row: int, from_row: int) -> Callable[[np.ndarray], np.ndarray]:
     def change(rows: np.ndarray) -> np.ndarray:
         rows["detectid"][row] = rows["detectid"][from_row]
@@ -322,7 +313,7 @@ CASES = [
     Case("detections dangling symlink", DETECT_HDR4, dangling_symlink_instead, ("missing or not a regular file",)),
     Case("detections unreadable", DETECT_HDR3, unreadable, ("not a readable HDF5 file",)),
     Case("no /Spectra table", DETECT_HDR4, h5_table("/Spectra", lambda rows: None), ("missing table node /Spectra",)),
-    Case("detections without wave and sn", DETECT_HDR3, h5_table("/Detections", h5_without("wave", "sn")),
+    Case("detections without wave and sn", DETECT_HDR3, h5_table("/Detections", drop("wave", "sn")),
          ("/Detections", "missing required column(s): wave, sn")),
     Case("spec1d 1035 long", CONT_HDR3, h5_table("/Spectra", h5_retyped("spec1d", "f4", (1035,))),
          ("/Spectra column spec1d", "float32 of shape (1035,), expected float32 of shape (1036,)")),
