@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dexdb import constants as C
+from dexdb.cube import cube_path
 from dexdb.geometry import frame_to_radec
 from dexdb.mock import spectra as S
 from dexdb.mock.cubes import write_cube
@@ -439,10 +440,6 @@ def cube_targets(mock: Mock) -> list[int]:
     return sorted(chosen)
 
 
-def cube_path(shotid: int, ifuslot: str) -> str:
-    return f"datacubes/{shotid}/dex_cube_{shotid}_{ifuslot}.fits"
-
-
 def write_cube_file(mock: Mock, out: Path, k: int) -> None:
     shots, ifus, sky = mock.survey.shots, mock.survey.ifus, mock.sky
     ifu = ifus[k]
@@ -452,7 +449,7 @@ def write_cube_file(mock: Mock, out: Path, k: int) -> None:
     objects = sky.objects[sky.observations["object"][inside]]
     noise_core, _ = noise_detections(mock, i, "line")
     rejected = noise_core[noise_core["ifuslot"] == ifu["ifuslot"]]
-    path = out / cube_path(int(ifu["shotid"]), ifu["ifuslot"].decode())
+    path = cube_path(out, int(ifu["shotid"]), ifu["ifuslot"].decode())
     path.parent.mkdir(parents=True, exist_ok=True)
     write_cube(
         path, shot, float(ifu["ra_cen"]), float(ifu["dec_cen"]),
