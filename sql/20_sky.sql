@@ -4,6 +4,8 @@
 --   healpix_nest(order, ra, dec)                healpy.ang2pix(2**order, ra, dec, nest=True, lonlat=True)
 --   cone(catalog, ra, dec, radius_arcsec)       the catalog's rows within the radius and dist_arcsec,
 --                                               nearest first
+--   cone_in_files(files, ra, dec, radius_arcsec)
+--                                               the same over a list of the catalog's partition files
 --   xmatch(tbl, catalog, radius_arcsec, nearest := false)
 --                                               tbl's rows, each with every catalog row within the
 --                                               radius (or only the nearest) and dist_arcsec
@@ -51,11 +53,13 @@ _sky_null_error(ra_deg, caller || ': ra') + _sky_ra_error(ra_deg, caller || ': r
 + _sky_null_error(dec_deg, caller || ': dec') + _sky_dec_error(dec_deg, caller || ': dec');
 
 -- Radii above 10 deg would read most of a catalog: refused rather than left to run for minutes.
+CREATE OR REPLACE TEMP MACRO max_radius_arcsec() AS 36000e0;
+
 CREATE OR REPLACE TEMP MACRO _sky_radius_error(value, caller) AS
 CASE
     WHEN value IS NULL OR isnan(value::DOUBLE) THEN error(caller || ': radius_arcsec must be a number, got '
                                                           || coalesce(value::VARCHAR, 'NULL'))
-    WHEN value <= 0 OR value > 36000 THEN
+    WHEN value <= 0 OR value > max_radius_arcsec() THEN
         error(caller || ': radius_arcsec must lie in (0, 36000] arcsec (10 deg), got ' || value::VARCHAR)
     ELSE 0
 END;
@@ -295,19 +299,16 @@ FROM read_parquet(catalog || '/' || catalog || '/partition_bounds.parquet' || ch
 JOIN query_table(points) p
   ON _sky_box_meets_cone(b.ra_min, b.ra_max, b.dec_min, b.dec_max, p._sky_ra, p._sky_dec, radius_arcsec);
 
-CREATE OR REPLACE TEMP MACRO _sky_cone(catalog, ra_deg, dec_deg, radius_arcsec, caller) AS TABLE
-WITH _sky_parts AS (
-    SELECT Norder, Npix
-    FROM read_parquet(catalog || '/' || catalog || '/partition_bounds.parquet' || _sky_checked_at_bind(
-        _sky_position_error(ra_deg, dec_deg, caller) + _sky_radius_error(radius_arcsec, caller)))
-    WHERE _sky_box_meets_cone(ra_min, ra_max, dec_min, dec_max, ra_deg, dec_deg, radius_arcsec)
-), _sky_rows AS (
+-- The rows of relation `source` (a catalog's rows, or some of its partitions) within the cone, with
+-- dist_arcsec, nearest first: the RA/Dec window meets the row groups' statistics, then the distance
+-- decides.
+CREATE OR REPLACE TEMP MACRO _sky_cone_rows(source, ra_deg, dec_deg, radius_arcsec) AS TABLE
+WITH _sky_rows AS (
     SELECT *, COLUMNS('(?i)^(ra|ra_cen)$')::DOUBLE AS _sky_row_ra, COLUMNS('(?i)^(dec|dec_cen)$')::DOUBLE AS _sky_row_dec
-    FROM query_table(catalog)
+    FROM query_table(source)
 ), _sky_window AS (
     SELECT r.*, _sky_dist_arcsec(ra_deg::DOUBLE, dec_deg::DOUBLE, r._sky_row_ra, r._sky_row_dec) AS dist_arcsec
     FROM _sky_rows r
-    JOIN _sky_parts p ON r.Norder = p.Norder AND r.Npix = p.Npix
     WHERE _sky_box_meets_cone(r._sky_row_ra, r._sky_row_ra, r._sky_row_dec, r._sky_row_dec, ra_deg, dec_deg, radius_arcsec)
 )
 SELECT * EXCLUDE (_sky_row_ra, _sky_row_dec)
@@ -315,8 +316,29 @@ FROM _sky_window
 WHERE dist_arcsec <= radius_arcsec
 ORDER BY dist_arcsec;
 
+CREATE OR REPLACE TEMP MACRO _sky_cone(catalog, ra_deg, dec_deg, radius_arcsec, caller) AS TABLE
+WITH _sky_parts AS (
+    SELECT Norder, Npix
+    FROM read_parquet(catalog || '/' || catalog || '/partition_bounds.parquet' || _sky_checked_at_bind(
+        _sky_position_error(ra_deg, dec_deg, caller) + _sky_radius_error(radius_arcsec, caller)))
+    WHERE _sky_box_meets_cone(ra_min, ra_max, dec_min, dec_max, ra_deg, dec_deg, radius_arcsec)
+), _sky_cone_source AS (
+    SELECT c.* FROM query_table(catalog) c JOIN _sky_parts p ON c.Norder = p.Norder AND c.Npix = p.Npix
+)
+SELECT * FROM _sky_cone_rows('_sky_cone_source', ra_deg, dec_deg, radius_arcsec);
+
 CREATE OR REPLACE TEMP MACRO cone(catalog, ra_deg, dec_deg, radius_arcsec) AS TABLE
 SELECT * FROM _sky_cone(catalog, ra_deg, dec_deg, radius_arcsec, 'cone');
+
+-- cone over partition files chosen by the caller (the Python API picks them with healpy's query_disc):
+-- no glob and no partition table to bind. Array columns come back as Parquet stores them (FLOAT[]).
+CREATE OR REPLACE TEMP MACRO cone_in_files(files, ra_deg, dec_deg, radius_arcsec) AS TABLE
+WITH _sky_cone_source AS (
+    SELECT * FROM read_parquet(list_transform(files, lambda f: f || _sky_checked_at_bind(
+        _sky_position_error(ra_deg, dec_deg, 'cone_in_files') + _sky_radius_error(radius_arcsec, 'cone_in_files'))),
+        hive_partitioning = true)
+)
+SELECT * FROM _sky_cone_rows('_sky_cone_source', ra_deg, dec_deg, radius_arcsec);
 
 -- ---------------------------------------------------------------------------------------------------
 -- Cross-match. The partitions read are those whose box meets a cone around some row of tbl. Each row

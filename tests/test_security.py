@@ -51,7 +51,8 @@ ALLOWED = {
         "name passed hats_layout.check_name ([A-Za-z0-9_][A-Za-z0-9_.-]*, no quote) in CatalogSpec"
     ),
     ("dexdb/catalog.py", "select"): (
-        "column names that Catalog._columns found in the catalog's schema, each quoted by _quote_identifier"
+        "column names that Catalog._columns found in the catalog's schema, each quoted by _quote_identifier, "
+        "cast in Catalog.cone to the type DuckDB reports for the catalog's view"
     ),
     ("dexdb/catalog.py", "key"): "'detectid' or 'source_id': the id column of _SPECTRA_BY, a constant table",
 }

@@ -25,7 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dexdb import sqlload
-from dexdb.ingest.hats_layout import PARTITION_BOUNDS, partition_file, write_partition_bounds, write_partition_info
+from dexdb.ingest.hats_layout import (
+    PARTITION_BOUNDS,
+    cone_partition_files,
+    partition_file,
+    partition_files,
+    write_partition_bounds,
+    write_partition_info,
+)
 from dexdb.ingest.hats_sky import healpix29
 
 COSMOS_AGN = (150.23189, 2.363963)
@@ -257,6 +264,36 @@ def test_cone_equals_brute_force_at_wrap_poles_and_partition_edges(synth, cluste
     dec = float(np.clip(cluster[1] + offset[1], -90, 90))
     assert_cone_is_brute_force(con, SYNTH, table["id"].to_numpy(), table["ra"].to_numpy(), table["dec"].to_numpy(),
                                ra, dec, radius)
+
+
+@settings(HYPOTHESIS, max_examples=40)
+@given(cluster=st.sampled_from(CLUSTERS), offset=st.tuples(st.floats(-0.5, 0.5), st.floats(-0.5, 0.5)),
+       radius=st.one_of(st.sampled_from([0.5, 3.0, 37.0, 1800.0, 36000.0]), st.floats(0.01, 36000)))
+def test_cone_in_the_files_query_disc_picks_equals_cone(synth, cluster, offset, radius):
+    """The Python API's path: healpy picks the partition files, cone_in_files reads only those."""
+    con, _, root = synth
+    ra = (cluster[0] + offset[0]) % 360
+    dec = float(np.clip(cluster[1] + offset[1], -90, 90))
+    files = [str(p.path) for p in cone_partition_files(partition_files(root / SYNTH / SYNTH), ra, dec, radius)]
+    expected = con.execute(f"SELECT id, dist_arcsec FROM cone('{SYNTH}', $ra, $dec, $radius)",
+                           {"ra": ra, "dec": dec, "radius": radius}).fetchall()
+    got = (con.execute("SELECT id, dist_arcsec FROM cone_in_files($files, $ra, $dec, $radius)",
+                       {"files": files, "ra": ra, "dec": dec, "radius": radius}).fetchall() if files else [])
+    assert sorted(got) == sorted(expected)
+    assert [dist for _, dist in got] == sorted(dist for _, dist in got)
+
+
+@pytest.mark.parametrize("ra, dec, radius, message", [
+    (10.0, 95.0, 3.0, "cone_in_files: dec must lie in [-90, 90] degrees, got 95"),
+    (float("nan"), 0.0, 3.0, "cone_in_files: ra must be a number of degrees, got NaN"),
+    (10.0, 0.0, -1.0, "cone_in_files: radius_arcsec must lie in (0, 36000] arcsec"),
+])
+def test_cone_in_files_names_a_bad_argument(synth, ra, dec, radius, message):
+    con, _, root = synth
+    files = [str(p.path) for p in partition_files(root / SYNTH / SYNTH)][:1]
+    with pytest.raises(duckdb.Error, match=re.escape(message)):
+        con.execute("SELECT * FROM cone_in_files($files, $ra, $dec, $radius)",
+                    {"files": files, "ra": ra, "dec": dec, "radius": radius}).fetchall()
 
 
 @pytest.mark.parametrize("catalog, ra_column, dec_column", [("sources", "RA", "DEC"), ("detections", "ra", "dec")])
