@@ -20,6 +20,10 @@ Threads: each call borrows a DuckDB session of its own from a pool (a cursor of 
 definitions per session), so one Catalog serves several threads at once. Processes: open a Catalog
 in each, or pass one to a process pool (it pickles as its path) started with ``spawn`` or
 ``forkserver``: polars' threads do not survive ``fork``.
+
+Versions: each call reads the version that ``OUT/current`` names when the call starts, so a Catalog
+kept open in a notebook follows a re-ingest (or ``dexdb classify``) instead of losing its files when
+older versions are dropped; one call never mixes two versions.
 """
 
 from __future__ import annotations
@@ -115,8 +119,9 @@ class Catalog:
             raise DexdbError(f"dexdb.open: {exc}") from exc
         self._pid = os.getpid()
         self._statements = sqlload.applicable(sqlload.catalogs_in(self.path))
+        self._version = _pinned(self._connection)
         self._idle: queue.SimpleQueue[_Session] = queue.SimpleQueue()
-        self._idle.put(_Session(self._connection, _pinned(self._connection)))
+        self._idle.put(_Session(self._connection, self._version))
         self._partitions: dict[tuple[Path, str], list[PartitionFile]] = {}
         self._max_radius = self._connection.execute("SELECT max_radius_arcsec()").fetchall()[0][0]
         views = self._connection.sql(
@@ -152,14 +157,22 @@ class Catalog:
             self._inherited = (self._connection, self._idle)
             self._lock = threading.Lock()
             self._connect()
+        if sqlload.pinned_version(self.path) != self._version:
+            # A newer version was published: later calls read it (a publish keeps only the previous
+            # version, so sessions pinned to an older one would lose their files). Calls running
+            # now finish on their own sessions, which go back to the old pool and are dropped.
+            with self._lock:
+                if sqlload.pinned_version(self.path) != self._version:
+                    self._connect()
+        idle = self._idle
         try:
-            session = self._idle.get_nowait()
+            session = idle.get_nowait()
         except queue.Empty:
             session = self._new_session()
         try:
             yield session
         finally:
-            self._idle.put(session)
+            idle.put(session)
 
     def close(self) -> None:
         """Close every session; later calls raise :class:`DexdbError`."""

@@ -24,9 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from dexdb.ingest.pipeline import ingest
+import dexdb
+
+from dexdb.ingest.pipeline import ingest, publish_derived
 from dexdb.sqlload import connect
 from reliability_support import result_digest, variant_release
 
@@ -149,3 +153,30 @@ def test_a_query_running_across_the_switch_sees_one_version(tiny_catalogs, tiny_
     assert os.readlink(out / "current") != before  # the new version was published during the query
     assert len(rows) > 1
     assert all(first == second for _, first, second in rows)
+
+
+def test_an_open_catalog_follows_new_versions_after_the_old_one_is_dropped(tiny_catalogs, tmp_path):
+    """A publish keeps only the previous version: a Catalog opened two publishes earlier must move on
+    to the newest one rather than query files that are gone."""
+    out = tmp_path / "catalogs"
+    shutil.copytree(tiny_catalogs, out, symlinks=True)
+    first = os.readlink(out / "current")
+    with dexdb.open(out) as cat:
+        cone = cat.cone("sources", 150.23189, 2.363963, 60.0)
+        spectra = cat.spectra(source_ids=cone["source_id"])
+        assert len(cone) > 1
+
+        def write_note(text: str):
+            def write(staged: Path) -> dict:
+                table = pa.table({"note": [text]})
+                pq.write_table(table, staged / "notes.parquet")
+                return {"tables": {"notes": {"rows": 1, "note": text}}}
+            return write
+
+        for label in ("first note", "second note"):
+            publish_derived(out, ["notes.parquet"], label, write_note(label), log=quiet)
+        assert not (out / first).exists()  # the version the catalog opened is gone
+
+        assert cat.cone("sources", 150.23189, 2.363963, 60.0).equals(cone)
+        assert cat.spectra(source_ids=cone["source_id"]).equals(spectra)
+        assert cat.sql("SELECT * FROM read_parquet('notes.parquet')")["note"].to_list() == ["second note"]

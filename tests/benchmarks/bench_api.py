@@ -6,7 +6,8 @@
 Nothing under either is written. Methods, each warmed once ("first") and then timed ``--runs`` times
 (median reported):
 
-* API: ``dexdb.open(OUT).cone("detections", ra, dec, 37)``, every column, as a polars DataFrame; and
+* API: ``dexdb.open(OUT).cone("detections", ra, dec, 37)``, every column, as a polars DataFrame (macro
+  ``cone_in_files`` over the partition files healpy picks); and
   with ``columns=`` (five columns), which leaves the others unread;
 * SQL: the ``cone`` macro on a connection from ``dexdb.sqlload.connect``, to polars: what the API adds;
   and its ``EXPLAIN`` alone, the binding and planning every cone pays before it reads a byte;
