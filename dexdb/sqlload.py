@@ -177,6 +177,19 @@ def write_entry_point(out_dir: str | os.PathLike, catalogs: Iterable[str] | None
     return sql_path, launcher_path
 
 
+def refresh_entry_point(out_dir: str | os.PathLike) -> bool:
+    """Rewrite ``OUT/dexdb.sql`` and ``OUT/dexdb-shell`` when they differ from what this dexdb writes
+    (the package was upgraded since the ingest); True when they were rewritten."""
+    out_dir = _existing_dir(out_dir)
+    sql_path, launcher_path = out_dir / ENTRY_POINT, out_dir / LAUNCHER
+    wanted = entry_point_sql(catalogs_in(out_dir))
+    current = [p.read_text(encoding="utf-8") if p.is_file() else None for p in (sql_path, launcher_path)]
+    if current == [wanted, _LAUNCHER_TEXT]:
+        return False
+    write_entry_point(out_dir)
+    return True
+
+
 def _existing_dir(out_dir: str | os.PathLike) -> Path:
     path = Path(out_dir).absolute()
     if not path.is_dir():

@@ -16,9 +16,11 @@ from astropy.table import Table
 from click.testing import CliRunner
 
 import dexdb
+from dexdb import sqlload
 from dexdb.cli import main
 from dexdb.cli.query import CUBE_BYTES
 from dexdb.constants import N_WAVE
+from dexdb.ingest.hats_layout import partition_files
 
 COSMOS_AGN = (150.23189, 2.363963)
 LAB = (228.78581, 51.268036)
@@ -176,6 +178,26 @@ def test_sql_opens_the_duckdb_shell_with_the_macros(cat, tiny_catalogs):
                            capture_output=True, text=True, timeout=120, check=False)
     assert shell.returncode == 0, shell.stderr
     assert str(cat.cone("sources", *COSMOS_AGN, 3.0).height) in shell.stdout
+
+
+@pytest.mark.skipif(shutil.which("duckdb") is None, reason="needs the DuckDB CLI (pip install duckdb-cli)")
+def test_sql_brings_an_entry_point_written_by_an_older_dexdb_up_to_date(tiny_catalogs, tmp_path):
+    out = tmp_path / "catalogs"
+    shutil.copytree(tiny_catalogs, out, symlinks=True)
+    entry_point = out / sqlload.ENTRY_POINT
+    fresh = entry_point.read_text()
+    # an entry point from before the macro cone_in_files existed
+    entry_point.write_text(fresh.replace("CREATE OR REPLACE TEMP MACRO cone_in_files", "CREATE OR REPLACE TEMP MACRO old_name"))
+    files = [str(p.path) for p in partition_files(out / "sources" / "sources")]
+    query = f"SELECT count(*) FROM cone_in_files({files!r}, 150.23189, 2.363963, 3);\n"
+    shell = subprocess.run(["dexdb", "sql", str(out)], input=query, capture_output=True, text=True, timeout=120, check=False)
+    assert shell.returncode == 0, shell.stderr
+    assert "updated" in shell.stderr and entry_point.read_text() == fresh
+    again = subprocess.run(["dexdb", "sql", str(out)], input=query, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0 and "updated" not in again.stderr
+    assert shell.stdout == again.stdout
+    with dexdb.open(out) as cat:
+        assert str(cat.cone("sources", 150.23189, 2.363963, 3.0).height) in shell.stdout
 
 
 def test_help_shows_examples():

@@ -382,8 +382,16 @@ def sql(catalog_dir: Path, query: str | None, builtin: bool, fmt: str | None, ou
         with _open(catalog_dir) as cat:
             _emit(cat.sql(query), fmt, out_path)
         return
-    launcher = catalog_dir / "dexdb-shell"
+    import dexdb
+    from dexdb import sqlload
+
+    launcher = catalog_dir / sqlload.LAUNCHER
     if not builtin and shutil.which("duckdb") and launcher.is_file():
+        try:
+            if sqlload.refresh_entry_point(catalog_dir):
+                click.echo(f"updated {catalog_dir / sqlload.ENTRY_POINT} to the macros of dexdb {dexdb.__version__}", err=True)
+        except OSError as exc:  # a read-only catalog directory: its entry point stays as written
+            click.echo(f"warning: could not update {catalog_dir / sqlload.ENTRY_POINT}: {exc}", err=True)
         raise SystemExit(subprocess.run([str(launcher.absolute())], check=False).returncode)
     _prompt(catalog_dir)
 
