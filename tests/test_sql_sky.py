@@ -255,25 +255,29 @@ def assert_cone_is_brute_force(con, catalog, ids, ra_all, dec_all, ra, dec, radi
     return got_ids
 
 
+# cones around the synthetic catalog's clusters: wrap, poles, partition edges
+CONES = dict(
+    centre=st.builds(lambda cluster, dra, ddec: ((cluster[0] + dra) % 360, float(np.clip(cluster[1] + ddec, -90, 90))),
+                     st.sampled_from(CLUSTERS), st.floats(-0.5, 0.5), st.floats(-0.5, 0.5)),
+    radius=st.one_of(st.sampled_from([0.5, 3.0, 37.0, 1800.0, 36000.0]), st.floats(0.01, 36000)),
+)
+
+
 @settings(HYPOTHESIS, max_examples=60)
-@given(cluster=st.sampled_from(CLUSTERS), offset=st.tuples(st.floats(-0.5, 0.5), st.floats(-0.5, 0.5)),
-       radius=st.one_of(st.sampled_from([0.5, 3.0, 37.0, 1800.0, 36000.0]), st.floats(0.01, 36000)))
-def test_cone_equals_brute_force_at_wrap_poles_and_partition_edges(synth, cluster, offset, radius):
+@given(**CONES)
+def test_cone_equals_brute_force_at_wrap_poles_and_partition_edges(synth, centre, radius):
     con, table, _ = synth
-    ra = (cluster[0] + offset[0]) % 360
-    dec = float(np.clip(cluster[1] + offset[1], -90, 90))
+    ra, dec = centre
     assert_cone_is_brute_force(con, SYNTH, table["id"].to_numpy(), table["ra"].to_numpy(), table["dec"].to_numpy(),
                                ra, dec, radius)
 
 
 @settings(HYPOTHESIS, max_examples=40)
-@given(cluster=st.sampled_from(CLUSTERS), offset=st.tuples(st.floats(-0.5, 0.5), st.floats(-0.5, 0.5)),
-       radius=st.one_of(st.sampled_from([0.5, 3.0, 37.0, 1800.0, 36000.0]), st.floats(0.01, 36000)))
-def test_cone_in_the_files_query_disc_picks_equals_cone(synth, cluster, offset, radius):
+@given(**CONES)
+def test_cone_in_the_files_query_disc_picks_equals_cone(synth, centre, radius):
     """The Python API's path: healpy picks the partition files, cone_in_files reads only those."""
     con, _, root = synth
-    ra = (cluster[0] + offset[0]) % 360
-    dec = float(np.clip(cluster[1] + offset[1], -90, 90))
+    ra, dec = centre
     files = [str(p.path) for p in cone_partition_files(partition_files(root / SYNTH / SYNTH), ra, dec, radius)]
     expected = con.execute(f"SELECT id, dist_arcsec FROM cone('{SYNTH}', $ra, $dec, $radius)",
                            {"ra": ra, "dec": dec, "radius": radius}).fetchall()
