@@ -16,26 +16,33 @@
 -- Norder) and the pixel alone (many rows may share it) are enough for that: the id condition keeps
 -- the result exact.
 
--- requires: detection_spectra
-CREATE OR REPLACE TEMP MACRO spectra_by_detectid(detectids) AS TABLE
+-- The spectra of `catalog` for a list of ids, through its id index `index`; `id_column` names the id
+-- in both, `caller` the public macro in error messages. Output column _spectra_id, renamed by the caller.
+CREATE OR REPLACE TEMP MACRO _spectra_by_id(ids, index, catalog, id_column, caller) AS TABLE
 WITH wanted AS MATERIALIZED (
-    SELECT checked_id(id, 'spectra_by_detectid: detectid') AS detectid, ord
-    FROM unnest(CASE WHEN detectids IS NULL THEN error('spectra_by_detectid: detectids is NULL')
-                     ELSE detectids END) WITH ORDINALITY AS given(id, ord)
+    SELECT checked_id(id, caller || ': ' || id_column) AS _spectra_id, ord
+    FROM unnest(CASE WHEN ids IS NULL THEN error(caller || ': ' || id_column || 's is NULL')
+                     ELSE ids END) WITH ORDINALITY AS given(id, ord)
 ),
 located AS MATERIALIZED (
-    SELECT Npix, _healpix_29 FROM detection_spectra_detectid_index WHERE detectid IN (SELECT detectid FROM wanted)
+    SELECT Npix, _healpix_29 FROM query_table(index)
+    WHERE COLUMNS('^' || id_column || '$') IN (SELECT _spectra_id FROM wanted)
 ),
 found AS (
-    SELECT detectid, spec, spec_err
-    FROM detection_spectra
+    SELECT COLUMNS('^' || id_column || '$') AS _spectra_id, spec, spec_err
+    FROM query_table(catalog)
     WHERE Npix IN (SELECT Npix FROM located)
       AND _healpix_29 IN (SELECT _healpix_29 FROM located)
-      AND detectid IN (SELECT detectid FROM wanted)
+      AND COLUMNS('^' || id_column || '$') IN (SELECT _spectra_id FROM wanted)
 )
-SELECT wanted.ord, wanted.detectid, wave_array() AS wave, found.spec, found.spec_err
-FROM wanted LEFT JOIN found USING (detectid)
+SELECT wanted.ord, wanted._spectra_id, wave_array() AS wave, found.spec, found.spec_err
+FROM wanted LEFT JOIN found USING (_spectra_id)
 ORDER BY wanted.ord;
+
+-- requires: detection_spectra
+CREATE OR REPLACE TEMP MACRO spectra_by_detectid(detectids) AS TABLE
+SELECT ord, _spectra_id AS detectid, wave, spec, spec_err
+FROM _spectra_by_id(detectids, 'detection_spectra_detectid_index', 'detection_spectra', 'detectid', 'spectra_by_detectid');
 
 -- requires: detection_spectra
 CREATE OR REPLACE TEMP MACRO spectra_rows_by_detectid(detectids) AS TABLE
@@ -55,24 +62,8 @@ SELECT detectid, k, wave, flux, err FROM spectra_rows_by_detectid([id]);
 
 -- requires: source_spectra
 CREATE OR REPLACE TEMP MACRO spectra_by_source_id(source_ids) AS TABLE
-WITH wanted AS MATERIALIZED (
-    SELECT checked_id(id, 'spectra_by_source_id: source_id') AS source_id, ord
-    FROM unnest(CASE WHEN source_ids IS NULL THEN error('spectra_by_source_id: source_ids is NULL')
-                     ELSE source_ids END) WITH ORDINALITY AS given(id, ord)
-),
-located AS MATERIALIZED (
-    SELECT Npix, _healpix_29 FROM source_spectra_source_id_index WHERE source_id IN (SELECT source_id FROM wanted)
-),
-found AS (
-    SELECT source_id, spec, spec_err
-    FROM source_spectra
-    WHERE Npix IN (SELECT Npix FROM located)
-      AND _healpix_29 IN (SELECT _healpix_29 FROM located)
-      AND source_id IN (SELECT source_id FROM wanted)
-)
-SELECT wanted.ord, wanted.source_id, wave_array() AS wave, found.spec, found.spec_err
-FROM wanted LEFT JOIN found USING (source_id)
-ORDER BY wanted.ord;
+SELECT ord, _spectra_id AS source_id, wave, spec, spec_err
+FROM _spectra_by_id(source_ids, 'source_spectra_source_id_index', 'source_spectra', 'source_id', 'spectra_by_source_id');
 
 -- requires: source_spectra
 CREATE OR REPLACE TEMP MACRO spectra_rows_by_source_id(source_ids) AS TABLE
