@@ -177,6 +177,10 @@ def _publish(out_dir: Path, version: str, names: list[str]) -> None:
         link = out_dir / name
         if not link.is_symlink():
             link.symlink_to(Path("current") / name)
+    if previous is not None and Path(previous).name == version:
+        # A re-run after this version was switched to: the version before it, which readers may
+        # still use, is not known here, so nothing is dropped.
+        return
     keep = {version, Path(previous).name if previous else None}
     for old in (out_dir / "versions").iterdir():
         if old.name not in keep:

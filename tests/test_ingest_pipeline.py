@@ -105,6 +105,19 @@ def test_rerun_is_a_no_op_and_verify_passes(tiny_pdr1, catalogs):
     assert verify(catalogs, tiny_pdr1) == []
 
 
+def test_rerun_after_the_switch_keeps_the_previous_version(tiny_pdr1, catalogs, tmp_path):
+    """Re-running an ingest that had already switched ``current`` (killed before it dropped old
+    versions, or simply run twice) must not drop the version before it, which readers may still use."""
+    out = tmp_path / "catalogs"
+    shutil.copytree(catalogs, out, symlinks=True)
+    published = Path(os.readlink(out / "current")).name
+    previous = out / "versions" / "0123456789abcdef"
+    shutil.copytree(out / "versions" / published, previous, copy_function=os.link)
+    ingest(tiny_pdr1, out, log=quiet)
+    assert Path(os.readlink(out / "current")).name == published
+    assert previous.is_dir() and (previous / "manifest.json").is_file()
+
+
 def test_killed_ingest_resumes_to_the_same_content(tiny_pdr1, catalogs, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "dexdb.cli", "ingest", str(tiny_pdr1), str(out), "--no-progress"],
