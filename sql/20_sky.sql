@@ -284,20 +284,40 @@ CREATE OR REPLACE TEMP MACRO _sky_ra_overlaps(first, last, low, high) AS
 (last >= low AND first <= high) OR (last >= low + 360 AND first <= high + 360)
 OR (last >= low - 360 AND first <= high - 360);
 
--- Whether the box [ra_first, ra_last] x [dec_first, dec_last] meets the cone's RA/Dec box.
+-- The cone's Dec band, and whether the box [ra_first, ra_last] x [dec_first, dec_last] meets the
+-- RA/Dec window [ra_low, ra_high] x [dec_low, dec_high] of a cone.
+CREATE OR REPLACE TEMP MACRO _sky_dec_low(dec_deg, radius_arcsec) AS dec_deg - radius_arcsec / 3600e0 - 1e-9;
+CREATE OR REPLACE TEMP MACRO _sky_dec_high(dec_deg, radius_arcsec) AS dec_deg + radius_arcsec / 3600e0 + 1e-9;
+CREATE OR REPLACE TEMP MACRO _sky_box_meets_window(ra_first, ra_last, dec_first, dec_last, ra_low, ra_high, dec_low, dec_high) AS
+dec_last >= dec_low AND dec_first <= dec_high AND _sky_ra_overlaps(ra_first, ra_last, ra_low, ra_high);
+
+-- Whether the box [ra_first, ra_last] x [dec_first, dec_last] meets the cone's RA/Dec window.
 CREATE OR REPLACE TEMP MACRO _sky_box_meets_cone(ra_first, ra_last, dec_first, dec_last, ra_deg, dec_deg, radius_arcsec) AS
-dec_last >= dec_deg - radius_arcsec / 3600e0 - 1e-9 AND dec_first <= dec_deg + radius_arcsec / 3600e0 + 1e-9
-AND _sky_ra_overlaps(ra_first, ra_last, _sky_ra_low(ra_deg, dec_deg, radius_arcsec),
-                     _sky_ra_high(ra_deg, dec_deg, radius_arcsec));
+_sky_box_meets_window(ra_first, ra_last, dec_first, dec_last,
+                      _sky_ra_low(ra_deg, dec_deg, radius_arcsec), _sky_ra_high(ra_deg, dec_deg, radius_arcsec),
+                      _sky_dec_low(dec_deg, radius_arcsec), _sky_dec_high(dec_deg, radius_arcsec));
 
 -- The partitions (Norder, Npix) of `catalog` whose box meets the cone of radius_arcsec around a row
 -- of relation `points` (columns _sky_ra, _sky_dec). Joined on the view's hive columns, they let
 -- DuckDB skip every other partition file without opening it. `checks` is _sky_checked_at_bind(...).
+-- The points are first gathered into 0.1 x 0.1 deg RA/Dec patches, each taken as a cone around its
+-- centre widened by 300" (more than its half-diagonal, 255"), whose window is computed once per patch:
+-- the join with the boxes then compares numbers.
 CREATE OR REPLACE TEMP MACRO _sky_partitions(catalog, points, radius_arcsec, checks) AS TABLE
+WITH _sky_patches AS (
+    SELECT DISTINCT (floor(_sky_ra * 10) + 5e-1) / 10 AS _sky_patch_ra,
+                    least(9e1, (floor(_sky_dec * 10) + 5e-1) / 10) AS _sky_patch_dec
+    FROM query_table(points)
+), _sky_windows AS (
+    SELECT _sky_ra_low(_sky_patch_ra, _sky_patch_dec, radius_arcsec + 3e2) AS ra_low,
+           _sky_ra_high(_sky_patch_ra, _sky_patch_dec, radius_arcsec + 3e2) AS ra_high,
+           _sky_dec_low(_sky_patch_dec, radius_arcsec + 3e2) AS dec_low,
+           _sky_dec_high(_sky_patch_dec, radius_arcsec + 3e2) AS dec_high
+    FROM _sky_patches
+)
 SELECT DISTINCT b.Norder, b.Npix
 FROM read_parquet(catalog || '/' || catalog || '/partition_bounds.parquet' || checks) b
-JOIN query_table(points) p
-  ON _sky_box_meets_cone(b.ra_min, b.ra_max, b.dec_min, b.dec_max, p._sky_ra, p._sky_dec, radius_arcsec);
+JOIN _sky_windows w ON _sky_box_meets_window(b.ra_min, b.ra_max, b.dec_min, b.dec_max, w.ra_low, w.ra_high, w.dec_low, w.dec_high);
 
 -- The rows of relation `source` (a catalog's rows, or some of its partitions) within the cone, with
 -- dist_arcsec, nearest first: the RA/Dec window meets the row groups' statistics, then the distance
