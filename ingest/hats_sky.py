@@ -99,20 +99,23 @@ def margin_members(
     unique_fine = fine[row_starts]
     own_tile = tiling.locate(healpix_29[:1])[0]
 
-    neighbours = hp.get_all_neighbours(1 << search_order, unique_fine, nest=True).T  # (pixels, 8)
+    # Only pixels on the edge of the tile have neighbours outside it.
+    edge = np.flatnonzero(on_parent_edge(unique_fine, search_order - int(tiling.orders[own_tile])))
+    neighbours = hp.get_all_neighbours(1 << search_order, unique_fine[edge], nest=True).T  # (edge pixels, 8)
     neighbour_tiles = tiling.locate(np.where(neighbours >= 0, neighbours, 0) << shift)
     foreign = (neighbours >= 0) & (neighbour_tiles != own_tile)
-    pixel_index, slot = np.nonzero(foreign)
-    if len(pixel_index) == 0:
+    edge_index, slot = np.nonzero(foreign)
+    if len(edge_index) == 0:
         return np.empty(0, np.int64), np.empty(0, np.int64)
+    pixel_index = edge[edge_index]
 
     # One candidate per (row, foreign neighbour pixel).
     repeats = row_counts[pixel_index]
     first_row = np.repeat(row_starts[pixel_index], repeats)
     offset_in_pixel = np.arange(repeats.sum()) - np.repeat(np.cumsum(repeats) - repeats, repeats)
     rows = first_row + offset_in_pixel
-    target_pixel = np.repeat(neighbours[pixel_index, slot], repeats)
-    target_tile = np.repeat(neighbour_tiles[pixel_index, slot], repeats)
+    target_pixel = np.repeat(neighbours[edge_index, slot], repeats)
+    target_tile = np.repeat(neighbour_tiles[edge_index, slot], repeats)
 
     distinct_pixels, which = np.unique(target_pixel, return_inverse=True)
     corners, bows = _corners_and_bows(search_order, distinct_pixels)
@@ -122,6 +125,20 @@ def margin_members(
 
     key = np.unique(target_tile[near] * len(healpix_29) + rows[near])
     return key % len(healpix_29), key // len(healpix_29)
+
+
+def on_parent_edge(pixels: np.ndarray, levels: int) -> np.ndarray:
+    """Whether each nested pixel lies on the edge of its ancestor ``levels`` orders up, i.e. has a grid
+    neighbour outside that ancestor. The low ``2 * levels`` bits of a nested index interleave the pixel's
+    (x, y) within the ancestor, so the edge is x or y equal to 0 or 2**levels - 1."""
+    local = pixels & ((1 << (2 * levels)) - 1)
+    x = np.zeros_like(local)
+    y = np.zeros_like(local)
+    for bit in range(levels):
+        x |= ((local >> (2 * bit)) & 1) << bit
+        y |= ((local >> (2 * bit + 1)) & 1) << bit
+    last = (1 << levels) - 1
+    return (x == 0) | (x == last) | (y == 0) | (y == last)
 
 
 def _corners_and_bows(order: int, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

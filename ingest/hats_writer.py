@@ -52,7 +52,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,7 +85,14 @@ from dexdb.ingest.hats_layout import (
     write_partition_info,
     write_properties,
 )
-from dexdb.ingest.hats_reduce import PartitionTask, Reducer, margin_tasks, parquet_options, run_tasks
+from dexdb.ingest.hats_reduce import (
+    PartitionTask,
+    Reducer,
+    margin_tasks,
+    parquet_options,
+    run_tasks,
+    stable_sort_indices,
+)
 from dexdb.ingest.hats_scatter import scatter
 from dexdb.ingest.hats_sky import (
     HEALPIX_COLUMN,
@@ -120,6 +127,11 @@ DEFAULT_PARTITION_BYTES = 256 * MiB
 # scalar rows. One spectrum by id took ~10-20 ms with 512-2048-row groups and ~45 ms with 4096.
 ROW_GROUP_BYTES = 8 * MiB
 SORT_BUFFER_BYTES = 128 * MiB
+# Id indexes whose entries take at most this much memory to sort (about 32 bytes a row: the id, its
+# _healpix_29, its partition, its place in the order; ~33M rows) are merged in memory from the entries
+# the partitions spill; larger ones are sorted by DuckDB out of core from the written partitions.
+# On the 21M-row detect_index of the large mock: 2-3 s in memory, ~15 s with DuckDB.
+INDEX_MEMORY_BYTES = 1 << 30
 
 
 def index_row_group_rows(rows: int) -> int:
@@ -253,6 +265,10 @@ def _build(batches, spec: CatalogSpec, collection: Path, spill: Path, workers, p
     )
     catalog_dir = collection / spec.name
     margin_dir = collection / margin_dir_name(spec.name, spec.margin_arcsec)
+    index_in_memory = {
+        column: scattered.rows * _index_row_bytes(scattered.schema.field(column)) <= INDEX_MEMORY_BYTES
+        for column in spec.id_columns
+    }
     reducer = Reducer(
         schema=scattered.schema,
         ra_column=spec.ra_column,
@@ -271,6 +287,8 @@ def _build(batches, spec: CatalogSpec, collection: Path, spill: Path, workers, p
         search_order=spec.search_order,
         margin_arcsec=spec.margin_arcsec,
         margin_spill=spill / "margin",
+        index_columns=tuple(column for column, in_memory in index_in_memory.items() if in_memory),
+        index_spill=spill / "index",
     )
     tasks = [
         PartitionTask(
@@ -313,8 +331,15 @@ def _build(batches, spec: CatalogSpec, collection: Path, spill: Path, workers, p
     )
     index_dirs = {column: collection / index_dir_name(spec.name, column) for column in spec.id_columns}
     for column, index_dir in index_dirs.items():
-        _write_index(catalog_dir, scattered.schema.field(column), index_dir, spec.name, spill / "duckdb",
-                     index_row_group_rows(scattered.rows))
+        id_field = scattered.schema.field(column)
+        schema = _index_schema(id_field)
+        batch_rows = index_row_group_rows(scattered.rows)
+        if index_in_memory[column]:
+            runs = [(task.order, task.pixel, reducer.index_run(column, task.order, task.pixel)) for task in tasks]
+            batches = _merged_index_runs(runs, schema, batch_rows)
+        else:
+            batches = _sorted_index_duckdb(catalog_dir, id_field, schema, spill / "duckdb", batch_rows)
+        _write_index(batches, schema, index_dir, spec.name, batch_rows)
 
     properties = {
         "obs_collection": spec.name,
@@ -385,17 +410,48 @@ def _finish_healpix_catalog(catalog_dir: Path, schema: pa.Schema, pixels, proper
     write_properties(catalog_dir / CATALOG_PROPERTIES, properties | _provenance())
 
 
-def _write_index(catalog_dir: Path, id_field: pa.Field, index_dir: Path, catalog_name: str, temp_dir: Path,
-                 row_group_rows: int) -> None:
-    """``(id, Norder, Npix, _healpix_29)`` for every distinct row, sorted; DuckDB sorts out of core when it must.
+def _index_schema(id_field: pa.Field) -> pa.Schema:
+    return pa.schema([id_field, pa.field("Norder", pa.int64()), pa.field("Npix", pa.int64()),
+                      pa.field(HEALPIX_COLUMN, pa.int64())])
 
-    ``_healpix_29`` lets a lookup by id meet the partition's row-group statistics: rows are sorted by
-    it, so ``_healpix_29 = v`` leaves one row group to decode (the id alone is unsorted and prunes none).
+
+def _index_row_bytes(id_field: pa.Field) -> float:
+    """Memory per row of an in-memory index sort (a variable-width id counted at 32 bytes)."""
+    try:
+        width = id_field.type.bit_width / 8
+    except ValueError:
+        width = 32
+    return width + 24
+
+
+def _merged_index_runs(runs: list[tuple[int, int, Path]], schema: pa.Schema,
+                       batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The index rows ``(id, Norder, Npix, _healpix_29)`` sorted by all four, from each partition's
+    distinct ``(id, _healpix_29)`` sorted by both (:meth:`Reducer.index_run`).
+
+    Runs are concatenated in ``(Norder, Npix)`` order and stably sorted by id, which orders equal ids by
+    partition and then, within one, by ``_healpix_29``. Distinct partitions make distinct rows, so the
+    result is ``SELECT DISTINCT ... ORDER BY ALL`` of the catalog's rows.
     """
-    dataset = index_dir / "dataset"
-    dataset.mkdir(parents=True)
-    schema = pa.schema([id_field, pa.field("Norder", pa.int64()), pa.field("Npix", pa.int64()),
-                        pa.field(HEALPIX_COLUMN, pa.int64())])
+    runs = sorted(runs)
+    tables = [pa.ipc.open_file(pa.memory_map(str(path))).read_all() for _, _, path in runs]
+    id_type = schema.field(0).type
+    ids = pa.chunked_array([chunk for table in tables for chunk in table.column(0).chunks], id_type).combine_chunks()
+    healpix = np.concatenate([table.column(1).to_numpy() for table in tables])
+    run_of_row = np.repeat(np.arange(len(runs), dtype=np.int32), [table.num_rows for table in tables])
+    orders = np.array([order for order, _, _ in runs], dtype=np.int64)
+    pixels = np.array([pixel for _, pixel, _ in runs], dtype=np.int64)
+    by_id = stable_sort_indices(ids)
+    for start in range(0, len(by_id), batch_rows):
+        rows = by_id[start : start + batch_rows]
+        run = run_of_row[rows]
+        yield pa.record_batch([ids.take(rows), pa.array(orders[run]), pa.array(pixels[run]), pa.array(healpix[rows])],
+                              schema=schema)
+
+
+def _sorted_index_duckdb(catalog_dir: Path, id_field: pa.Field, schema: pa.Schema, temp_dir: Path,
+                         batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The index rows read back from the written partitions and sorted by DuckDB, out of core when it must."""
     files = sorted(str(p) for p in (catalog_dir / "dataset").glob("Norder=*/Dir=*/Npix=*/*.parquet"))
     query = f"""
         SELECT DISTINCT "{id_field.name}", Norder, Npix, {HEALPIX_COLUMN}
@@ -405,14 +461,26 @@ def _write_index(catalog_dir: Path, id_field: pa.Field, index_dir: Path, catalog
     """
     temp_dir.mkdir(exist_ok=True)
     config = {"threads": 2, "memory_limit": "1GB", "temp_directory": str(temp_dir)}
+    with duckdb.connect(config=config) as con:
+        for batch in con.sql(query, params={"files": files}).to_arrow_reader(batch_rows):
+            yield batch.cast(schema)
+
+
+def _write_index(batches: Iterable[pa.RecordBatch], schema: pa.Schema, index_dir: Path, catalog_name: str,
+                 row_group_rows: int) -> None:
+    """``(id, Norder, Npix, _healpix_29)`` for every distinct row, sorted (``batches``), in row groups of
+    ``row_group_rows``.
+
+    ``_healpix_29`` lets a lookup by id meet the partition's row-group statistics: rows are sorted by
+    it, so ``_healpix_29 = v`` leaves one row group to decode (the id alone is unsorted and prunes none).
+    """
+    dataset = index_dir / "dataset"
+    dataset.mkdir(parents=True)
     rows = 0
-    with (
-        duckdb.connect(config=config) as con,
-        pq.ParquetWriter(dataset / INDEX_FILE_NAME, schema, compression="zstd") as writer,
-    ):
+    with pq.ParquetWriter(dataset / INDEX_FILE_NAME, schema, compression="zstd") as writer:
         pending: list[pa.RecordBatch] = []
-        for batch in con.sql(query, params={"files": files}).to_arrow_reader(row_group_rows):
-            pending.append(batch.cast(schema))
+        for batch in batches:
+            pending.append(batch)
             pending_rows = sum(b.num_rows for b in pending)
             if pending_rows >= row_group_rows:
                 # Whole, contiguous row groups: DuckDB's batch sizes vary from run to run.
@@ -431,7 +499,7 @@ def _write_index(catalog_dir: Path, id_field: pa.Field, index_dir: Path, catalog
         "dataproduct_type": "index",
         "hats_nrows": rows,
         "hats_primary_table_url": catalog_name,
-        "hats_index_column": id_field.name,
+        "hats_index_column": schema.field(0).name,
     }
     write_properties(index_dir / CATALOG_PROPERTIES, properties | _provenance())
 
