@@ -52,8 +52,9 @@ def parquet_options(
         split = {path for top, path, _ in leaves if top in byte_stream_split}
     options = {
         "compression": {path: column_compression.get(top, compression) for top, path, _ in leaves},
-        # Dictionary encoding would take precedence over BYTE_STREAM_SPLIT.
-        "use_dictionary": [path for _, path, _ in leaves if path not in split],
+        # Dictionary encoding would take precedence over BYTE_STREAM_SPLIT; on _healpix_29 and the id
+        # (nearly every value distinct) it only costs time: most of an id index's write time.
+        "use_dictionary": [path for _, path, _ in leaves if path not in split | {HEALPIX_COLUMN, tiebreak}],
         "use_byte_stream_split": sorted(split),
         # Min/max of list elements prune nothing and bloat the footers and _metadata.
         "write_statistics": [path for top, path, _ in leaves if path == top],

@@ -477,7 +477,9 @@ def _write_index(batches: Iterable[pa.RecordBatch], schema: pa.Schema, index_dir
     dataset = index_dir / "dataset"
     dataset.mkdir(parents=True)
     rows = 0
-    with pq.ParquetWriter(dataset / INDEX_FILE_NAME, schema, compression="zstd") as writer:
+    # No dictionary for the id and _healpix_29, whose values are nearly all distinct (see parquet_options).
+    dictionary = [name for name in schema.names if name not in (schema.names[0], HEALPIX_COLUMN)]
+    with pq.ParquetWriter(dataset / INDEX_FILE_NAME, schema, compression="zstd", use_dictionary=dictionary) as writer:
         pending: list[pa.RecordBatch] = []
         for batch in batches:
             pending.append(batch)
