@@ -100,7 +100,7 @@ def margin_members(
     own_tile = tiling.locate(healpix_29[:1])[0]
 
     # Only pixels on the edge of the tile have neighbours outside it.
-    edge = np.flatnonzero(on_parent_edge(unique_fine, search_order - int(tiling.orders[own_tile])))
+    edge = np.flatnonzero(on_parent_edge(unique_fine, search_order, search_order - int(tiling.orders[own_tile])))
     neighbours = hp.get_all_neighbours(1 << search_order, unique_fine[edge], nest=True).T  # (edge pixels, 8)
     neighbour_tiles = tiling.locate(np.where(neighbours >= 0, neighbours, 0) << shift)
     foreign = (neighbours >= 0) & (neighbour_tiles != own_tile)
@@ -127,17 +127,13 @@ def margin_members(
     return key % len(healpix_29), key // len(healpix_29)
 
 
-def on_parent_edge(pixels: np.ndarray, levels: int) -> np.ndarray:
-    """Whether each nested pixel lies on the edge of its ancestor ``levels`` orders up, i.e. has a grid
-    neighbour outside that ancestor. The low ``2 * levels`` bits of a nested index interleave the pixel's
-    (x, y) within the ancestor, so the edge is x or y equal to 0 or 2**levels - 1."""
-    local = pixels & ((1 << (2 * levels)) - 1)
-    x = np.zeros_like(local)
-    y = np.zeros_like(local)
-    for bit in range(levels):
-        x |= ((local >> (2 * bit)) & 1) << bit
-        y |= ((local >> (2 * bit + 1)) & 1) << bit
+def on_parent_edge(pixels: np.ndarray, order: int, levels: int) -> np.ndarray:
+    """Whether each nested order-``order`` pixel lies on the edge of its ancestor ``levels`` orders up,
+    i.e. has a grid neighbour outside that ancestor: its (x, y) within the ancestor (the low ``levels``
+    bits of healpy's face coordinates) is 0 or 2**levels - 1."""
+    x, y, _ = hp.pix2xyf(1 << order, pixels, nest=True)
     last = (1 << levels) - 1
+    x, y = x & last, y & last
     return (x == 0) | (x == last) | (y == 0) | (y == last)
 
 

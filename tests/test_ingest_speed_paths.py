@@ -107,7 +107,7 @@ def test_edge_pixels_are_exactly_those_with_a_neighbour_outside(order, levels):
     ancestor = pixels >> (2 * levels)
     outside = ((neighbours >= 0) & ((neighbours >> (2 * levels)) != ancestor[:, None])).any(axis=1)
     assert outside.any()
-    np.testing.assert_array_equal(on_parent_edge(pixels, levels), outside)
+    np.testing.assert_array_equal(on_parent_edge(pixels, order, levels), outside)
 
 
 def test_fits_strings_end_at_nul_and_lose_trailing_blanks(tmp_path):
